@@ -1,0 +1,121 @@
+"""What every backend shares: decoding parameters, completions, caching, accounting."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from model_engine.cache import GenerationCache, cache_key
+from model_engine.usage import Usage, UsageMeter
+
+#: a conversation: a single user message, or OpenAI-style message dicts
+Conversation = str | Sequence[dict]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 256
+    #: generation ends before the first occurrence of any of these strings
+    stop: tuple[str, ...] = ()
+    #: 0 means greedy decoding
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    #: distinguishes repeated samples of one request in the cache
+    sample_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def cache_fields(self) -> dict:
+        fields = asdict(self)
+        if self.greedy:  # greedy output does not depend on sampling settings
+            for name in ("top_p", "seed", "sample_index"):
+                fields.pop(name)
+        return fields
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    #: "stop" (EOS or a stop string) or "length" (max_new_tokens reached)
+    finish_reason: str
+    cached: bool = field(default=False, compare=False)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    positions = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(positions)], True) if positions else (text, False)
+
+
+def as_messages(conversation: Conversation) -> list[dict]:
+    if isinstance(conversation, str):
+        return [{"role": "user", "content": conversation}]
+    return [dict(message) for message in conversation]
+
+
+class Backend(ABC):
+    """A model that turns conversations into completions, with cache and accounting."""
+
+    #: identifies the model's weights (or endpoint) in cache keys and provenance
+    identity: str
+
+    def __init__(self, cache: GenerationCache | None = None, meter: UsageMeter | None = None):
+        self.cache = cache
+        self.meter = meter if meter is not None else UsageMeter()
+
+    def chat(self, conversations: Sequence[Conversation], params: GenerationParams = GenerationParams()) -> list[Completion]:
+        """One completion per conversation, in order. Cached answers are not charged."""
+        requests = [as_messages(c) for c in conversations]
+        return self._cached("chat", requests, params, self._generate_chat)
+
+    @abstractmethod
+    def _generate_chat(self, requests: list[list[dict]], params: GenerationParams) -> list[Completion]:
+        """Generate for all requests (none of them cached)."""
+
+    def _cached(self, kind, requests, params: GenerationParams, generate) -> list[Completion]:
+        fields = params.cache_fields()
+        keys = [cache_key(self.identity, [kind, request], fields) for request in requests]
+        hits = self.cache.get_many(keys) if self.cache is not None else {}
+        results: dict[str, Completion] = {key: Completion(**value, cached=True) for key, value in hits.items()}
+        missing = list(dict.fromkeys(key for key in keys if key not in results))
+        if missing:
+            index_of = {key: keys.index(key) for key in missing}
+            started = time.perf_counter()
+            produced = generate([requests[index_of[key]] for key in missing], params)
+            elapsed = time.perf_counter() - started
+            fresh = dict(zip(missing, produced, strict=True))
+            self.meter.record(
+                Usage(
+                    calls=len(produced),
+                    prompt_tokens=sum(c.prompt_tokens for c in produced),
+                    completion_tokens=sum(c.completion_tokens for c in produced),
+                    seconds=elapsed,
+                )
+            )
+            if self.cache is not None:
+                self.cache.put_many({key: _storable(c) for key, c in fresh.items()})
+            results.update(fresh)
+        cached_count = sum(1 for key in keys if key in hits)
+        if cached_count:
+            self.meter.record(Usage(cached_calls=cached_count))
+        return [results[key] for key in keys]
+
+
+def _storable(completion: Completion) -> dict:
+    stored = asdict(completion)
+    stored.pop("cached")
+    return stored

