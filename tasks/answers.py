@@ -172,7 +172,7 @@ class FreeText(AnswerFormat):
 
     def _parse_start(self, text: str) -> str | None:
         line = text.strip().split("\n", 1)[0]
-        line = re.sub(r"[$*\"'`]+", " ", line).strip().rstrip(".").strip()
+        line = re.sub(r"[$*]+", " ", line).strip().strip("\"'`").rstrip(".").strip()
         return line or None
 
     def _parse_last(self, text: str) -> str | None:

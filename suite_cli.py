@@ -1,0 +1,77 @@
+"""The ``prompt-suite`` command: the one-line calls Snakemake rules and users make.
+
+Errors a user can fix (``SuiteError``) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _list_tasks(args) -> None:
+    import tasks
+
+    for name in tasks.task_names():
+        task = tasks.get_task(name)
+        print(f"{name:42s} {task.family:6s} {task.answer_format.kind}")
+
+
+def _list_models(args) -> None:
+    from model_engine.registry import get_model_spec, model_names
+
+    for name in model_names():
+        spec = get_model_spec(name)
+        offline = spec.offline.filename if spec.offline else "-"
+        print(f"{name:22s} {spec.hf_id:40s} offline: {offline}")
+
+
+def _prepare_model(args) -> None:
+    from model_engine.registry import get_model_spec
+    from model_engine.sources import prepare
+
+    prepared = prepare(get_model_spec(args.model), args.cache_dir, prefer_offline=args.offline or None)
+    print(json.dumps(prepared.__dict__))
+
+
+def _write_splits(args) -> None:
+    import tasks
+
+    path = tasks.write_splits(args.task, args.output, data_root=args.data_root, allow_download=not args.no_download)
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prompt-suite", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("tasks", help="list the registered tasks").set_defaults(run=_list_tasks)
+    commands.add_parser("models", help="list the registered models").set_defaults(run=_list_models)
+    prepare = commands.add_parser("prepare-model", help="check and convert a model's offline source (once)")
+    prepare.add_argument("model")
+    prepare.add_argument("--cache-dir", default=None, help="where converted models live (default: PROMPT_SUITE_CACHE)")
+    prepare.add_argument("--offline", action="store_true", help="use the offline source even with hub access")
+    prepare.set_defaults(run=_prepare_model)
+    splits = commands.add_parser("write-splits", help="write a task's train/dev/test id lists")
+    splits.add_argument("task")
+    splits.add_argument("output")
+    splits.add_argument("--data-root", default=None, help="benchmark data folder (default: see README)")
+    splits.add_argument("--no-download", action="store_true", help="never fetch missing data files")
+    splits.set_defaults(run=_write_splits)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from suite_errors import SuiteError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except SuiteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

