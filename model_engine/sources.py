@@ -52,7 +52,13 @@ def prepare(spec: ModelSpec, cache_dir: str | os.PathLike | None = None, prefer_
             f"Model {spec.name!r} ({spec.hf_id}) has no offline source and HF_HUB_OFFLINE is set; "
             "unset HF_HUB_OFFLINE on a machine with hub access, or use a model with an offline source."
         )
-    return _prepare_hub(spec)
+    try:
+        return _prepare_hub(spec)
+    except ModelSourceError as error:
+        if spec.offline is None:
+            raise
+        print(f"[model_engine] hub unavailable for {spec.name} ({error}); using its offline source", flush=True)
+        return _prepare_offline(spec, spec.offline, cache)
 
 
 def _prepare_hub(spec: ModelSpec) -> PreparedModel:

@@ -67,8 +67,18 @@ class Task(ABC):
         """What follows the extractor for a correct answer (the training target's tail)."""
         return self.answer_format.canonical(gold)
 
-    def is_correct(self, output: str, gold: str) -> bool:
-        return self.answer_format.is_correct(output, gold)
+    def parse_answer(self, continuation: str, reasoning: str = "") -> str | None:
+        """The answer after the extractor; failing that, the one stated in the reasoning.
+
+        Small models often answer in their reasoning ("... so the answer is Yes.") and
+        then write something else after the extractor; both steps are the harness's.
+        """
+        answer = self.answer_format.parse(continuation)
+        return answer if answer is not None or not reasoning else self.answer_format.parse(reasoning)
+
+    def is_correct(self, continuation: str, gold: str, reasoning: str = "") -> bool:
+        answer = self.parse_answer(continuation, reasoning)
+        return answer is not None and answer == self.answer_format.canonical(gold)
 
 
 def positional_split(rows: list[Example], n_train: int, n_dev: int) -> tuple[list[str], list[str], list[str]]:

@@ -90,3 +90,13 @@ def test_free_text_words_and_symbols():
 def test_free_text_gold_in_multiple_choice_never_matches():
     # movie_recommendation has the gold "Monsters, Inc": no letter can match it.
     assert not ABCDE.is_correct("A", "Monsters, Inc")
+
+
+def test_task_falls_back_to_the_answer_stated_in_the_reasoning():
+    import tasks
+
+    navigate = tasks.get_task("navigate")
+    assert navigate.parse_answer("1.", "We end where we started, so the answer is Yes.") == "Yes"
+    assert navigate.parse_answer("No", "so the answer is Yes.") == "No"  # the extractor's answer wins
+    assert navigate.is_correct("1.", "No", reasoning="The answer is No.")
+    assert navigate.parse_answer("1.") is None
