@@ -28,11 +28,18 @@ def _list_models(args) -> None:
 
 
 def _prepare_model(args) -> None:
+    from dataclasses import asdict
+
+    from model_engine.provenance import environment, write_json_atomic
     from model_engine.registry import get_model_spec
     from model_engine.sources import prepare
 
-    prepared = prepare(get_model_spec(args.model), args.cache_dir, prefer_offline=args.offline or None)
-    print(json.dumps(prepared.__dict__))
+    spec = get_model_spec(args.model)
+    prepared = prepare(spec, args.cache_dir, prefer_offline=args.offline or None)
+    record = {"model": spec.name, "hf_id": spec.hf_id, **asdict(prepared), "environment": environment()}
+    if args.output:
+        write_json_atomic(args.output, record)
+    print(json.dumps(record, indent=1))
 
 
 def _write_splits(args) -> None:
@@ -51,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("model")
     prepare.add_argument("--cache-dir", default=None, help="where converted models live (default: PROMPT_SUITE_CACHE)")
     prepare.add_argument("--offline", action="store_true", help="use the offline source even with hub access")
+    prepare.add_argument("--output", default=None, help="also write the record (source, checksum, versions) here")
     prepare.set_defaults(run=_prepare_model)
     splits = commands.add_parser("write-splits", help="write a task's train/dev/test id lists")
     splits.add_argument("task")

@@ -8,11 +8,10 @@ a split file made from other data is refused.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_engine.provenance import write_json_atomic
 from suite_errors import DataError
 from tasks.base import Example, SplitIds, Task
 from tasks.data import resolve_data_root
@@ -79,13 +78,7 @@ def write_splits(name_or_task, path, data_root=None, allow_download: bool = True
     from tasks import get_task
 
     task = name_or_task if isinstance(name_or_task, Task) else get_task(name_or_task)
-    record = split_record(task, data_root, allow_download)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(record, tmp, indent=1)
-    os.replace(tmp.name, path)
-    return path
+    return write_json_atomic(path, split_record(task, data_root, allow_download))
 
 
 def read_split_file(path, task: Task, checksums: dict[str, str]) -> SplitIds:
