@@ -20,6 +20,7 @@ from suite_errors import DataError
 from tasks.answers import FreeText, Integer, Label, MultipleChoice
 from tasks.base import Example, SplitIds, Task, positional_split
 from tasks.data import DataFile, read_json, require_fields
+from tasks.extractors import free_text_extractor, integer_extractor, label_extractor, multiple_choice_extractor
 
 N_TRAIN, N_DEV = 50, 100
 _URL = "https://raw.githubusercontent.com/suzgunmirac/BIG-Bench-Hard/main/bbh/{}.json"
@@ -91,29 +92,6 @@ _FREE_TEXT = {
     "dyck_languages": ("the closing brackets, separated by spaces", True),
     "word_sorting": ("the sorted words, separated by spaces", False),
 }
-
-
-def _listed(options: list[str]) -> str:
-    return " or ".join(f"'{option}'" for option in options)
-
-
-def multiple_choice_extractor(letters: str) -> str:
-    return f"Therefore, the final answer (use exact format: {_listed([f'${x}' for x in letters])}) is $"
-
-
-def label_extractor(labels: tuple[str, ...]) -> str:
-    return f"Therefore, the final answer (use exact format: {_listed([f'$ {x}' for x in labels])}) is $ "
-
-
-def integer_extractor(kind: str) -> str:
-    return (
-        "Therefore, the final answer (use exactly this format: $NUMBER$, where NUMBER is "
-        f"{kind}) is $"
-    )
-
-
-def free_text_extractor(what: str) -> str:
-    return f"Therefore, the final answer (use exact format: '$ ' followed by {what}) is $ "
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from suite_errors import DataError
 from tasks.answers import Integer
 from tasks.base import Example, SplitIds, Task, split_with_separate_test
-from tasks.bbh import integer_extractor
+from tasks.extractors import integer_extractor
 from tasks.data import DataFile, read_jsonl, require_fields
 
 N_TRAIN, N_DEV = 100, 100
