@@ -52,6 +52,8 @@ class Completion:
     completion_tokens: int
     #: "stop" (EOS or a stop string) or "length" (max_new_tokens reached)
     finish_reason: str
+    #: the generated token ids (local models; without the end-of-sequence token)
+    token_ids: tuple[int, ...] | None = None
     cached: bool = field(default=False, compare=False)
 
 
@@ -90,7 +92,7 @@ class Backend(ABC):
         fields = params.cache_fields()
         keys = [cache_key(self.identity, [kind, request], fields) for request in requests]
         hits = self.cache.get_many(keys) if self.cache is not None else {}
-        results: dict[str, Completion] = {key: Completion(**value, cached=True) for key, value in hits.items()}
+        results = {key: _restored(value) for key, value in hits.items()}
         missing = list(dict.fromkeys(key for key in keys if key not in results))
         if missing:
             index_of = {key: keys.index(key) for key in missing}
@@ -119,3 +121,8 @@ def _storable(completion: Completion) -> dict:
     stored = asdict(completion)
     stored.pop("cached")
     return stored
+
+
+def _restored(stored: dict) -> Completion:
+    token_ids = stored.get("token_ids")
+    return Completion(**{**stored, "token_ids": tuple(token_ids) if token_ids is not None else None}, cached=True)

@@ -80,6 +80,10 @@ class LocalModel(Backend):
         """Continue raw texts (e.g. a rendered chat plus reasoning plus extractor)."""
         return self._cached("text", list(texts), params, self._generate_texts)
 
+    def complete_ids(self, sequences: Sequence[Sequence[int]], params: GenerationParams = GenerationParams()) -> list[Completion]:
+        """Continue token-id sequences as they are (callers that build inputs segment by segment)."""
+        return self._cached("ids", [list(ids) for ids in sequences], params, self._generate_encoded)
+
     def _generate_chat(self, requests: list[list[dict]], params: GenerationParams) -> list[Completion]:
         return self._generate_texts([self.render(r) for r in requests], params)
 
@@ -97,9 +101,11 @@ class LocalModel(Backend):
         return list(dict.fromkeys(ids))
 
     def _generate_texts(self, texts: list[str], params: GenerationParams) -> list[Completion]:
-        encoded = [self.encode(text) for text in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
-        results: list[Completion | None] = [None] * len(texts)
+        return self._generate_encoded([self.encode(text) for text in texts], params)
+
+    def _generate_encoded(self, encoded: list[list[int]], params: GenerationParams) -> list[Completion]:
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+        results: list[Completion | None] = [None] * len(encoded)
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
@@ -170,6 +176,7 @@ class LocalModel(Backend):
                     prompt_tokens=len(ids),
                     completion_tokens=len(new_tokens) + (1 if at_eos else 0),
                     finish_reason="stop" if at_eos or at_stop else "length",
+                    token_ids=tuple(new_tokens),
                 )
             )
         return completions

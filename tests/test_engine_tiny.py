@@ -139,3 +139,21 @@ def test_bfloat16_runs():
     model = tiny_local_model(dtype="bfloat16")
     model.model.to(torch.bfloat16)
     assert model.chat(PROMPTS[:2], GenerationParams(max_new_tokens=4))[0].prompt_tokens > 0
+
+
+def test_complete_ids_matches_chat_and_returns_token_ids(tiny_model):
+    params = GenerationParams(max_new_tokens=6)
+    by_text = tiny_model.chat(PROMPTS[:3], params)
+    ids = [tiny_model.encode(tiny_model.render([{"role": "user", "content": p}])) for p in PROMPTS[:3]]
+    by_ids = tiny_model.complete_ids(ids, params)
+    assert [c.text for c in by_ids] == [c.text for c in by_text]
+    for completion in by_ids:
+        assert tiny_model.tokenizer.decode(list(completion.token_ids), skip_special_tokens=True) == completion.text
+    assert tiny_model.meter.total.calls == 6
+
+
+def test_token_ids_survive_the_disk_cache(tmp_path):
+    model = tiny_local_model(cache=GenerationCache(tmp_path / "c.sqlite"))
+    first = model.complete_ids([[1, 5, 9, 12]], GenerationParams(max_new_tokens=5))
+    again = model.complete_ids([[1, 5, 9, 12]], GenerationParams(max_new_tokens=5))
+    assert again[0].cached and again[0].token_ids == first[0].token_ids and isinstance(again[0].token_ids, tuple)
