@@ -1,0 +1,511 @@
+"""GReaTer: gradients over reasoning (Das et al., ICLR 2025), after the reference code.
+
+Each step edits one token of the prompt, left to right (see
+``../shared/reference/greater_spec.md`` §2):
+
+1. propose candidate tokens for the position from the model's own next-token
+   distribution given question + prompt prefix: a token is a candidate if it is in the
+   top-k of every example of one of ``topq`` random 5-example groups (k grows by 2
+   until there are 6); special, added and non-word tokens are never proposed;
+2. roll out greedy reasoning with the current prompt (cached: it is the previous
+   winner's);
+3. loss = cross-entropy of the gold answer after the extractor (logits / tau) plus
+   lambda x the prompt's mean negative log-likelihood;
+4. rank candidates by the gradient of that loss with respect to the one-hot token at
+   the position, taken through the embedding row (weights frozen);
+5. evaluate the ``candidates_per_step`` best with fresh rollouts: training error
+   (teacher-forced argmax on the answer) + 0.02 x prompt NLL; keep the best;
+6. advance: past the end, grow with a placeholder, or wrap to the start after a period.
+
+The reference's bugs are fixed; where the faithful behaviour differs it stays available
+behind an option (``ppl_targets="previous"``, ``scoring_context="reference"``). The
+chosen prompt is the best on dev among the lowest-objective prompts the run saw.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import string
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import torch
+
+from model_engine import GenerationParams
+from optimizers.base import (
+    Budget,
+    Checkpoint,
+    Optimizer,
+    OptionError,
+    provenance,
+    prompt_key,
+    register_optimizer,
+    rng_state,
+    set_rng_state,
+)
+from optimizers.harness import Harness
+from tasks.prompt_slot import EXTRACTOR_SEPARATOR, SLOT_SEPARATOR
+
+CHECKPOINT_VERSION = 1
+PLACEHOLDER = "_"
+_SENTINEL = "\ue000"  # a private-use character that no chat template contains
+_ALLOWED_PUNCTUATION = {".", ",", " "}
+
+
+@dataclass(frozen=True)
+class GreaterOptions:
+    n_train: int = 50
+    steps: int = 125
+    #: initial per-example top-k of the proposal (grows by 2 until min_candidates)
+    topk: int = 40
+    #: number of random example groups whose top-k intersections are unioned
+    topq: int = 6
+    examples_per_group: int = 5
+    min_candidates: int = 6
+    #: gradient top-q: candidates evaluated with fresh rollouts each step
+    candidates_per_step: int = 3
+    #: lambda: weight of the prompt perplexity term in the gradient loss
+    perplexity_weight: float = 0.2
+    #: weight of the prompt perplexity term in the selection objective
+    selection_perplexity_weight: float = 0.02
+    #: tau: the answer logits are divided by it in the gradient loss
+    temperature: float = 0.2
+    max_reasoning_tokens: int = 1024
+    initial_prompt: str = "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
+    #: how many of the lowest-objective prompts are scored on dev at the end
+    final_candidates: int = 10
+    #: dev rows used for the final choice (None: all)
+    n_dev: int | None = None
+    #: examples per forward/backward micro-batch of the gradient
+    grad_batch_size: int = 8
+    #: "always" (reference: the best candidate replaces the token) or "improvement"
+    accept: str = "always"
+    #: reference rule: a candidate containing "." in the second half of the prompt wins at once
+    period_rule: bool = True
+    #: "candidate" (fixed) or "previous" (reference bug: NLL of the old prompt's ids)
+    ppl_targets: str = "candidate"
+    #: "clean" (fixed) or "reference" (bug: every EOS/pad id removed from the scored prompt)
+    scoring_context: str = "clean"
+
+    def __post_init__(self):
+        positive = ("n_train", "steps", "topk", "topq", "examples_per_group", "min_candidates",
+                    "candidates_per_step", "max_reasoning_tokens", "final_candidates", "grad_batch_size")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_dev is not None and self.n_dev < 1:
+            raise ValueError(f"n_dev must be a positive integer or null, got {self.n_dev!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("perplexity_weight", "selection_perplexity_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        choices = {"accept": ("always", "improvement"), "ppl_targets": ("candidate", "previous"),
+                   "scoring_context": ("clean", "reference")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not self.initial_prompt.strip():
+            raise ValueError("initial_prompt must not be empty")
+
+
+@register_optimizer("greater")
+class Greater(Optimizer):
+    Options = GreaterOptions
+
+    def optimize(self, data, model, budget: Budget, rng: random.Random, checkpoint: Checkpoint, seed: int = 0) -> dict:
+        return GreaterRun(self.options, data, model, budget, rng, checkpoint, seed).run()
+
+
+def allowed_token_mask(tokenizer) -> torch.Tensor:
+    """Tokens that may be proposed: words (letters, optional spaces) and ". , space".
+
+    Every special and added token is excluded, over the whole vocabulary (the reference
+    scanned only ids 3..vocab_size, letting "!" and chat markers through).
+    """
+    size = len(tokenizer)
+    excluded = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    printable = set(string.printable) - set("\t\n\r\x0b\x0c")
+    mask = torch.zeros(size, dtype=torch.bool)
+    for token_id in range(size):
+        if token_id in excluded:
+            continue
+        text = tokenizer.decode([token_id])
+        if not text or not set(text) <= printable:
+            continue
+        if text in _ALLOWED_PUNCTUATION or all(ch.isalpha() or ch == " " for ch in text) and text.strip():
+            mask[token_id] = True
+    return mask
+
+
+def propose_candidates(log_probs: torch.Tensor, k0: int, groups: int, group_size: int, min_candidates: int,
+                       rng: random.Random) -> tuple[list[int], int]:
+    """Union over ``groups`` random example groups of the intersection of their top-k sets.
+
+    ``log_probs`` is [examples, vocab] with excluded tokens at -inf. Returns the sorted
+    candidate ids and the k that was used.
+    """
+    examples, vocab = log_probs.shape
+    finite = int(torch.isfinite(log_probs).sum(dim=1).min())
+    k = min(k0, finite)
+    while True:
+        top_sets = [set(row) for row in log_probs.topk(k, dim=1).indices.tolist()]
+        candidates: set[int] = set()
+        for _ in range(groups):
+            group = rng.sample(range(examples), min(group_size, examples))
+            candidates |= set.intersection(*(top_sets[i] for i in group))
+        if len(candidates) >= min_candidates or k >= finite:
+            return sorted(candidates), k
+        k = min(k + 2, finite)
+
+
+@dataclass
+class Example:
+    id: str
+    prefix: list[int]  # chat head + question + slot separator
+    target: list[int]  # extractor + gold answer
+    answer_start: int  # answer tokens: target[answer_start:]
+
+
+@dataclass
+class Scored:
+    """One teacher-forced sequence: prefix, prompt, assistant header, reasoning, target."""
+
+    prefix: list[int]
+    prompt: list[int]
+    tail: list[int]
+    reasoning: list[int]
+    example: Example
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prefix + self.prompt + self.tail + self.reasoning + self.example.target
+
+    def answer_cols(self, pad: int) -> list[int]:
+        """Positions whose logits predict the answer tokens."""
+        start = len(self.prefix) + len(self.prompt) + len(self.tail) + len(self.reasoning) + self.example.answer_start
+        return [pad + t - 1 for t in range(start, len(self.ids))]
+
+    def prompt_cols(self, pad: int) -> list[int]:
+        """Positions whose logits predict the prompt tokens."""
+        return [pad + len(self.prefix) + j - 1 for j in range(len(self.prompt))]
+
+
+class GreaterRun:
+    def __init__(self, options: GreaterOptions, data, model, budget: Budget, rng: random.Random,
+                 checkpoint: Checkpoint, seed: int):
+        if options.n_train > len(data.train):
+            raise OptionError(f"greater: n_train={options.n_train} but the task has {len(data.train)} train rows")
+        self.o, self.data, self.model, self.budget, self.rng = options, data, model, budget, rng
+        self.checkpoint, self.seed = checkpoint, seed
+        self.task, self.tokenizer = data.task, model.tokenizer
+        self.net = model.model
+        self.embed = self.net.get_input_embeddings()
+        self.head = self.net.get_output_embeddings()
+        self.softcap = getattr(self.net.config, "final_logit_softcapping", None)
+        self.device = model.device
+        head_text, tail_text = model.render([{"role": "user", "content": _SENTINEL}]).split(_SENTINEL)
+        self.tail = self._segment(tail_text)
+        self.examples = [self._example(e, head_text) for e in data.train[: options.n_train]]
+        self.allowed = allowed_token_mask(self.tokenizer).to(self.device)
+        self.placeholder = self._segment(PLACEHOLDER)[-1]
+        self.drop_ids = set(model.eos_ids) | {model.pad_id}
+        self.reasoning = GenerationParams(max_new_tokens=options.max_reasoning_tokens)
+        self.rollout_memory: dict[str, list[tuple[int, ...]]] = {}
+        self.phase_seconds: dict[str, float] = defaultdict(float)
+
+    # ---- tokens -------------------------------------------------------------------------
+    def _segment(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _example(self, example, head_text: str) -> Example:
+        prefix = self.model.encode(head_text + example.question + SLOT_SEPARATOR)
+        extractor = EXTRACTOR_SEPARATOR + self.task.extractor
+        encoded = self.tokenizer(extractor + self.task.target_text(example.gold), add_special_tokens=False,
+                                 return_offsets_mapping=True)
+        answer_start = next((i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > len(extractor)), None)
+        if answer_start is None:
+            raise ValueError(f"{example.id}: the gold answer has no tokens after the extractor")
+        return Example(example.id, prefix, encoded["input_ids"], answer_start)
+
+    def text(self, prompt: list[int]) -> str:
+        return self.tokenizer.decode(prompt, skip_special_tokens=True).strip()
+
+    # ---- batched model passes -----------------------------------------------------------
+    def _left_pad(self, sequences: list[list[int]]):
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.model.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            attention[row, width - len(seq):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        pads = [width - len(s) for s in sequences]
+        return ids.to(self.device), attention.to(self.device), positions.to(self.device), pads
+
+    def _logits_at(self, hidden: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+        """Logits only where a loss needs them (the LM head on a few positions)."""
+        logits = self.head(hidden[rows, cols]).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _hidden(self, sequences, leaf_positions=None):
+        ids, attention, positions, pads = self._left_pad(sequences)
+        embeds = self.embed(ids)  # the model's own embedding (with its scale, e.g. Gemma's sqrt(d))
+        leaf = None
+        if leaf_positions is not None:
+            rows = torch.arange(len(sequences), device=self.device)
+            cols = torch.tensor([p + c for p, c in zip(pads, leaf_positions)], device=self.device)
+            leaf = embeds[rows, cols].detach().clone().requires_grad_(True)
+            embeds = embeds.index_put((rows, cols), leaf)
+        hidden = self.net.base_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions).last_hidden_state
+        return hidden, pads, leaf
+
+    # ---- rollouts ------------------------------------------------------------------------
+    def rollouts(self, prompts: list[list[int]]) -> list[list[tuple[int, ...]]]:
+        """Greedy reasoning of every train example under each prompt (one batched call)."""
+        missing = [p for p in dict.fromkeys(map(tuple, prompts)) if prompt_key(p) not in self.rollout_memory]
+        if missing:
+            started = time.perf_counter()
+            for prompt in missing:
+                self.budget.charge_task_calls(prompt, [e.id for e in self.examples])
+            before = self.model.meter.total
+            sequences = [e.prefix + list(p) + self.tail for p in missing for e in self.examples]
+            completions = self.model.complete_ids(sequences, self.reasoning)
+            self.budget.task_usage = self.budget.task_usage + (self.model.meter.total - before)
+            n = len(self.examples)
+            for index, prompt in enumerate(missing):
+                self.rollout_memory[prompt_key(prompt)] = [c.token_ids for c in completions[index * n:(index + 1) * n]]
+            self.phase_seconds["rollouts"] += time.perf_counter() - started
+        return [self.rollout_memory[prompt_key(p)] for p in prompts]
+
+    # ---- 1. proposal ---------------------------------------------------------------------
+    def propose(self, prompt: list[int], pos: int) -> tuple[list[int], int]:
+        started = time.perf_counter()
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(self.examples), self.model.batch_size):
+                batch = [e.prefix + prompt[:pos] for e in self.examples[start:start + self.model.batch_size]]
+                hidden, _, _ = self._hidden(batch)
+                rows.append(self._logits_at(hidden, list(range(len(batch))), [hidden.shape[1] - 1] * len(batch)))
+        self.budget.forward_passes += len(self.examples)
+        log_probs = torch.log_softmax(torch.cat(rows), dim=-1)
+        log_probs[:, ~self.allowed] = -math.inf
+        if pos > 0:
+            log_probs[:, prompt[pos - 1]] = -math.inf  # never repeat the previous token
+        candidates, k = propose_candidates(log_probs, self.o.topk, self.o.topq, self.o.examples_per_group,
+                                           self.o.min_candidates, self.rng)
+        if pos < len(prompt) and prompt[pos] not in candidates:
+            candidates = sorted(candidates + [prompt[pos]])
+        self.phase_seconds["proposal"] += time.perf_counter() - started
+        return candidates, k
+
+    # ---- 3-4. gradient through the embedding row -------------------------------------------
+    def _scored(self, example: Example, prompt, reasoning) -> Scored:
+        if self.o.scoring_context == "reference":  # bug 9: every EOS/pad id dropped from the context
+            keep = lambda ids: [t for t in ids if t not in self.drop_ids]  # noqa: E731
+            return Scored(keep(example.prefix), list(prompt), keep(self.tail), list(reasoning), example)
+        return Scored(example.prefix, list(prompt), self.tail, list(reasoning), example)
+
+    def gradient_scores(self, prompt: list[int], pos: int, candidates: list[int], reasoning) -> torch.Tensor:
+        """d loss / d one-hot at ``pos``, for each candidate: <embedding row, d loss / d input embedding>."""
+        started = time.perf_counter()
+        total = torch.zeros(self.embed.weight.shape[1], dtype=torch.float32, device=self.device)
+        for start in range(0, len(self.examples), self.o.grad_batch_size):
+            batch = [Scored(e.prefix, list(prompt), self.tail, list(r), e)
+                     for e, r in zip(self.examples[start:start + self.o.grad_batch_size], reasoning[start:])]
+            with torch.enable_grad():
+                hidden, pads, leaf = self._hidden([b.ids for b in batch], [len(b.prefix) + pos for b in batch])
+                loss = self._loss(hidden, batch, pads)["objective"].sum()
+                (gradient,) = torch.autograd.grad(loss, leaf)
+            total += gradient.float().sum(dim=0)
+        self.budget.forward_passes += len(self.examples)
+        self.budget.backward_passes += len(self.examples)
+        with torch.no_grad():
+            rows = self.embed(torch.tensor(candidates, device=self.device)).float()
+        self.phase_seconds["gradient"] += time.perf_counter() - started
+        return rows @ total
+
+    def _loss(self, hidden, batch: list[Scored], pads, ppl_targets=None) -> dict:
+        """Per example: answer CE (logits / temperature), prompt NLL, teacher-forced mistake."""
+        answer_ce, nll, wrong = [], [], []
+        for row, (scored, pad) in enumerate(zip(batch, pads)):
+            answer_cols, prompt_cols = scored.answer_cols(pad), scored.prompt_cols(pad)
+            logits = self._logits_at(hidden, [row] * (len(answer_cols) + len(prompt_cols)), answer_cols + prompt_cols)
+            answer_logits, prompt_logits = logits[: len(answer_cols)], logits[len(answer_cols):]
+            gold = torch.tensor(scored.example.target[scored.example.answer_start:], device=self.device)
+            targets = torch.tensor(ppl_targets if ppl_targets is not None else scored.prompt, device=self.device)
+            answer_ce.append(torch.nn.functional.cross_entropy(answer_logits / self.o.temperature, gold))
+            nll.append(torch.nn.functional.cross_entropy(prompt_logits, targets))
+            wrong.append(bool((answer_logits.argmax(dim=-1) != gold).any()))
+        answer_ce, nll = torch.stack(answer_ce), torch.stack(nll)
+        return {"objective": answer_ce + self.o.perplexity_weight * nll, "answer_ce": answer_ce, "nll": nll, "wrong": wrong}
+
+    # ---- 5. candidate evaluation ---------------------------------------------------------------
+    def evaluate(self, prompts: list[list[int]], previous: list[int]) -> list[dict]:
+        """Training error + 0.02 x prompt NLL of each prompt, on fresh rollouts."""
+        all_reasoning = self.rollouts(prompts)
+        started = time.perf_counter()
+        results = []
+        with torch.inference_mode():
+            for prompt, reasoning in zip(prompts, all_reasoning):
+                # reference bug 11: NLL of the old prompt's ids under the candidate
+                ppl_targets = previous if self.o.ppl_targets == "previous" and len(previous) == len(prompt) else None
+                wrong, nll, answer_ce = [], [], []
+                for start in range(0, len(self.examples), self.model.batch_size):
+                    batch = [self._scored(e, prompt, r) for e, r in
+                             zip(self.examples[start:start + self.model.batch_size], reasoning[start:])]
+                    hidden, pads, _ = self._hidden([b.ids for b in batch])
+                    parts = self._loss(hidden, batch, pads, ppl_targets)
+                    wrong += parts["wrong"]
+                    nll += parts["nll"].tolist()
+                    answer_ce += parts["answer_ce"].tolist()
+                error, mean_nll = sum(wrong) / len(wrong), sum(nll) / len(nll)
+                results.append({"prompt": list(prompt), "train_error": error, "perplexity": mean_nll,
+                                "answer_loss": sum(answer_ce) / len(answer_ce),
+                                "objective": error + self.o.selection_perplexity_weight * mean_nll})
+        self.budget.forward_passes += len(prompts) * len(self.examples)
+        self.phase_seconds["evaluation"] += time.perf_counter() - started
+        return results
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> dict:
+        state = self._restore()
+        if state is None:
+            prompt = self._segment(self.o.initial_prompt)
+            initial = self.evaluate([prompt], prompt)[0]
+            state = {"prompt": prompt, "pos": 0, "n0": len(prompt), "step": 0, "seen": [initial],
+                     "current": initial, "trajectory": [self._record(0, None, initial, [], None)]}
+            self._progress(state["trajectory"][-1])
+            self._save(state)
+        while state["step"] < self.o.steps and not state.get("stopped"):
+            if not self._step(state):
+                state["stopped"] = "budget"
+            self._save(state)
+        return self._finish(state)
+
+    def _step(self, state) -> bool:
+        prompt, pos = list(state["prompt"]), state["pos"]
+        final_reserve = self._final_reserve()
+        if not self.budget.can_afford(self.o.candidates_per_step * len(self.examples) + final_reserve):
+            return False
+        (reasoning,) = self.rollouts([prompt])
+        candidates, k = self.propose(prompt, pos)
+        scores = self.gradient_scores(prompt, pos, candidates, reasoning)
+        order = sorted(range(len(candidates)), key=lambda j: (float(scores[j]), candidates[j]))
+        chosen = [candidates[j] for j in order[: self.o.candidates_per_step]]
+        period_at = None
+        if self.o.period_rule and pos >= 0.5 * state["n0"]:
+            period_at = next((i for i, c in enumerate(chosen) if "." in self.tokenizer.decode([c])), None)
+            if period_at is not None:
+                chosen = chosen[: period_at + 1]
+        trials = [prompt[:pos] + [c] + prompt[pos + 1:] for c in chosen]
+        results = self.evaluate(trials, prompt)
+        state["seen"] += results
+        winner = results[-1] if period_at is not None else None
+        if winner is None:
+            for result in results:  # ties go to the later candidate, as in the reference
+                if winner is None or result["objective"] <= winner["objective"]:
+                    winner = result
+        if self.o.accept == "improvement" and winner["objective"] > state["current"]["objective"]:
+            winner = state["current"] | {"prompt": prompt}
+        new_prompt = winner["prompt"]
+        pos += 1
+        if pos == len(new_prompt):
+            if "." in self.tokenizer.decode([new_prompt[-1]]):
+                pos = 0
+            else:
+                new_prompt = new_prompt + [self.placeholder]
+        state.update(prompt=new_prompt, pos=pos, current=winner, step=state["step"] + 1)
+        state["trajectory"].append(self._record(state["step"], pos, winner, chosen, k, len(candidates)))
+        self._progress(state["trajectory"][-1])
+        return True
+
+    def _final_reserve(self) -> int:
+        n_dev = len(self._dev())
+        return self.o.final_candidates * n_dev
+
+    def _dev(self):
+        return self.data.dev[: self.o.n_dev] if self.o.n_dev else self.data.dev
+
+    def _record(self, step, pos, result, evaluated, k, proposed=None) -> dict:
+        return {
+            "step": step,
+            "position": pos,
+            "prompt": self.text(result["prompt"]),
+            "prompt_ids": list(result["prompt"]),
+            "loss": result["objective"],
+            "train_error": result["train_error"],
+            "perplexity": result["perplexity"],
+            "answer_loss": result["answer_loss"],
+            "candidates_proposed": proposed,
+            "candidates_evaluated": [self.tokenizer.decode([c]) for c in evaluated],
+            "topk_used": k,
+            "task_calls": self.budget.task_calls,
+        }
+
+    def _progress(self, record) -> None:
+        print(f"[greater] step {record['step']}/{self.o.steps} loss {record['loss']:.4f} "
+              f"error {record['train_error']:.3f} task calls {record['task_calls']} prompt {record['prompt']!r}",
+              flush=True)
+
+    def _finish(self, state) -> dict:
+        started = time.perf_counter()
+        ranked, seen_keys = [], set()
+        for result in sorted(state["seen"], key=lambda r: r["objective"]):
+            text = self.text(result["prompt"]).rstrip(PLACEHOLDER).strip()
+            if text and text not in seen_keys:
+                seen_keys.add(text)
+                ranked.append((text, result))
+            if len(ranked) == self.o.final_candidates:
+                break
+        harness = Harness(self.task, self.model, self.budget, self.o.max_reasoning_tokens)
+        dev = self._dev()
+        selection = []
+        for text, result in ranked:
+            if not self.budget.can_afford(len(harness.budget.uncharged(text, [e.id for e in dev]))):
+                break
+            evaluation = harness.evaluate(text, dev)
+            selection.append({"prompt": text, "train_objective": result["objective"],
+                              "dev_accuracy": evaluation.accuracy, "dev_parse_rate": evaluation.parse_rate})
+        best = max(selection, key=lambda s: (s["dev_accuracy"], -s["train_objective"]))
+        self.phase_seconds["selection"] += time.perf_counter() - started
+        budget = self.budget.record()
+        budget["seconds"] = dict(self.phase_seconds)
+        return {
+            "optimizer": "greater",
+            "task": self.task.name,
+            "model": self.model.spec.name,
+            "prompt": best["prompt"],
+            "initial_prompt": self.o.initial_prompt,
+            "selection": {"split": "dev", "n": len(dev), "candidates": selection},
+            "trajectory": state["trajectory"],
+            "stopped": state.get("stopped", "steps"),
+            "budget": budget,
+            "provenance": provenance(self.model, self.data, self.o, self.seed),
+        }
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def _save(self, state) -> None:
+        self.checkpoint.save({"version": CHECKPOINT_VERSION, "options": asdict(self.o), "state": state,
+                              "rng": rng_state(self.rng), "budget": self.budget.state(),
+                              "phase_seconds": dict(self.phase_seconds)})
+
+    def _restore(self) -> dict | None:
+        saved = self.checkpoint.load()
+        if saved is None:
+            return None
+        if saved.get("version") != CHECKPOINT_VERSION or saved.get("options") != asdict(self.o):
+            raise OptionError(
+                f"Checkpoint {self.checkpoint.path} was written with other options or by another version; "
+                "delete it to start afresh."
+            )
+        set_rng_state(self.rng, saved["rng"])
+        restored = Budget.from_state(saved["budget"])
+        self.budget.__dict__.update(restored.__dict__)
+        self.phase_seconds.update(saved.get("phase_seconds", {}))
+        print(f"[greater] resuming from step {saved['state']['step']} ({self.checkpoint.path})", flush=True)
+        return saved["state"]

@@ -1,0 +1,58 @@
+"""The shared scorer: one prompt slot, one extractor, one parser for every method.
+
+``Harness.evaluate(prompt, examples)`` runs the task model's reasoning on each
+(question + prompt), appends the task's extractor, lets the model write the answer and
+scores it with the task's parser. Each (prompt, example) pair is one task call, charged
+to the budget once per run. Only train and dev rows ever reach it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model_engine import GenerationParams
+from optimizers.base import Budget
+from tasks.prompt_slot import answer_prefix, user_message
+
+ANSWER_TOKENS = 8  # the answer after the extractor is short: a letter, a word, a number
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    correct: tuple[bool, ...]
+    answers: tuple[str | None, ...]
+    #: share of examples with a valid parsed answer
+    parse_rate: float
+
+
+class Harness:
+    def __init__(self, task, model, budget: Budget, max_reasoning_tokens: int = 512, answer_tokens: int = ANSWER_TOKENS):
+        self.task, self.model, self.budget = task, model, budget
+        self.reasoning_params = GenerationParams(max_new_tokens=max_reasoning_tokens)
+        self.answer_params = GenerationParams(max_new_tokens=answer_tokens, stop=("\n",))
+
+    def conversation(self, question: str, prompt: str) -> list[dict]:
+        return [{"role": "user", "content": user_message(question, prompt)}]
+
+    def evaluate(self, prompt: str, examples) -> Evaluation:
+        if not examples:
+            raise ValueError("evaluate() needs at least one example")
+        self.budget.charge_task_calls(prompt, [e.id for e in examples])
+        before = self.model.meter.total
+        conversations = [self.conversation(e.question, prompt) for e in examples]
+        reasoning = self.model.chat(conversations, self.reasoning_params)
+        continuations = [
+            self.model.render(conversation, assistant_prefix=answer_prefix(r.text, self.task.extractor))
+            for conversation, r in zip(conversations, reasoning)
+        ]
+        outputs = self.model.complete(continuations, self.answer_params)
+        self.budget.task_usage = self.budget.task_usage + (self.model.meter.total - before)
+        answers = tuple(self.task.parse_answer(o.text, r.text) for o, r in zip(outputs, reasoning))
+        correct = tuple(a is not None and a == self.task.answer_format.canonical(e.gold) for a, e in zip(answers, examples))
+        return Evaluation(
+            accuracy=sum(correct) / len(examples),
+            correct=correct,
+            answers=answers,
+            parse_rate=sum(a is not None for a in answers) / len(examples),
+        )

@@ -1,0 +1,202 @@
+"""GReaTer: gradient correctness, proposal logic, budget, checkpoint and resume."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import tasks
+from model_engine.local import from_pretrained_objects
+from model_engine.registry import ModelSpec
+from optimizers.base import Budget, Checkpoint, OptionError, get_optimizer, validate_result
+from optimizers.greater import GreaterOptions, GreaterRun, Scored, allowed_token_mask, propose_candidates
+from tests.conftest import build_tiny_tokenizer, tiny_local_model
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(n_train=3, steps=2, max_reasoning_tokens=5, final_candidates=2, n_dev=2, topk=5, grad_batch_size=2)
+
+
+def _run(model, **options):
+    data = tasks.load_task_data("navigate")
+    return GreaterRun(GreaterOptions(**{**SMALL, **options}), data, model, Budget(None), random.Random(0), Checkpoint(None), 0)
+
+
+def _tiny_gemma():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=2048,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                              bos_token_id=tokenizer.bos_token_id)
+    return from_pretrained_objects(ModelSpec("tiny-gemma", "none/tiny"), Gemma3ForCausalLM(config), tokenizer)
+
+
+def _explicit_one_hot_gradient(run, prompt, pos, candidates, reasoning, embedding_scale):
+    """The textbook formulation: d loss / d one-hot, the one-hot times raw embedding rows."""
+    weight = run.embed.weight.detach()
+    total = torch.zeros(len(candidates))
+    for example, r in zip(run.examples, reasoning):
+        scored = Scored(example.prefix, list(prompt), run.tail, list(r), example)
+        ids = torch.tensor([scored.ids])
+        one_hot = torch.zeros(len(candidates))
+        one_hot[candidates.index(prompt[pos])] = 1.0
+        one_hot.requires_grad_(True)
+        embeds = run.embed(ids).detach()
+        row = (one_hot @ weight[candidates]) * embedding_scale
+        at = len(example.prefix) + pos
+        embeds = torch.cat([embeds[:, :at], row[None, None], embeds[:, at + 1:]], dim=1)
+        hidden = run.net.base_model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
+                                    position_ids=torch.arange(ids.shape[1])[None]).last_hidden_state
+        loss = run._loss(hidden, [scored], [0])["objective"].sum()
+        total += torch.autograd.grad(loss, one_hot)[0]
+    return total
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma"])
+def test_embedding_row_gradient_equals_one_hot_gradient(kind):
+    model = tiny_local_model() if kind == "llama" else _tiny_gemma()
+    run = _run(model)
+    prompt, pos = run._segment(run.o.initial_prompt), 2
+    reasoning = run.rollouts([prompt])[0]
+    allowed = torch.nonzero(run.allowed).flatten().tolist()
+    candidates = sorted({prompt[pos], *allowed[:7]})
+    fast = run.gradient_scores(prompt, pos, candidates, reasoning)
+    scale = float(getattr(run.embed, "embed_scale", 1.0))
+    if kind == "gemma":
+        assert scale > 1.0, "the gemma-style model must scale its embeddings"
+    explicit = _explicit_one_hot_gradient(run, prompt, pos, candidates, reasoning, scale)
+    assert torch.allclose(fast, explicit, rtol=1e-4, atol=1e-6), (fast, explicit)
+    assert not any(p.grad is not None for p in model.model.parameters()), "weights must stay frozen"
+
+
+def test_allowed_tokens_exclude_special_and_non_word_tokens():
+    tokenizer = build_tiny_tokenizer()
+    mask = allowed_token_mask(tokenizer)
+    for special in tokenizer.all_special_ids + list(tokenizer.get_added_vocab().values()):
+        assert not mask[special]
+    for token_id in torch.nonzero(mask).flatten().tolist():
+        text = tokenizer.decode([token_id])
+        assert text in (".", ",", " ") or all(ch.isalpha() or ch == " " for ch in text)
+    assert mask.sum() > 10
+
+
+def test_proposal_is_seeded_and_never_yields_excluded_tokens():
+    generator = torch.Generator().manual_seed(0)
+    log_probs = torch.randn(8, 300, generator=generator)
+    excluded = torch.zeros(300, dtype=torch.bool)
+    excluded[:40] = True
+    log_probs[:, excluded] = float("-inf")
+    first = propose_candidates(log_probs, 5, 6, 5, 6, random.Random(3))
+    again = propose_candidates(log_probs, 5, 6, 5, 6, random.Random(3))
+    assert first == again
+    candidates, k = first
+    assert len(candidates) >= 6 and k >= 5
+    assert not any(excluded[c] for c in candidates)
+
+
+def test_proposal_intersection_logic():
+    # Two examples agree only on token 7 in their top-2; groups of both must give {7}, then k grows.
+    log_probs = torch.full((2, 10), -10.0)
+    log_probs[0, [7, 1]] = torch.tensor([0.0, -1.0])
+    log_probs[1, [7, 2]] = torch.tensor([0.0, -1.0])
+    candidates, k = propose_candidates(log_probs, 2, 3, 2, 1, random.Random(0))
+    assert (candidates, k) == ([7], 2)
+    candidates, k = propose_candidates(log_probs, 2, 3, 2, 3, random.Random(0))
+    assert len(candidates) >= 3 and k > 2
+
+
+def test_bad_options_fail_before_any_model_is_loaded():
+    with pytest.raises(OptionError, match="Unknown option.*topkk.*known options"):
+        get_optimizer("greater")(topkk=3)
+    with pytest.raises(OptionError, match="n_train must be a positive integer"):
+        get_optimizer("greater")(n_train=0)
+    with pytest.raises(OptionError, match="accept must be one of always, improvement"):
+        get_optimizer("greater")(accept="sometimes")
+
+
+def test_short_run_budget_adds_up_and_matches_schema():
+    model = tiny_local_model()
+    optimizer = get_optimizer("greater")(**SMALL)
+    data = tasks.load_task_data("navigate")
+    result = optimizer.optimize(data, model, Budget(None), random.Random(0), Checkpoint(None))
+    validate_result(result)
+    n_train, n_dev = SMALL["n_train"], SMALL["n_dev"]
+    trajectory = result["trajectory"]
+    assert [r["step"] for r in trajectory] == [0, 1, 2]
+    evaluated_prompts = {tuple(r["prompt_ids"]) for r in trajectory}
+    assert result["budget"]["task_calls"] >= n_train * len(evaluated_prompts)
+    train_calls = trajectory[-1]["task_calls"]
+    dev_calls = n_dev * len(result["selection"]["candidates"])
+    assert result["budget"]["task_calls"] == train_calls + dev_calls
+    assert result["budget"]["backward_passes"] == n_train * SMALL["steps"]
+    assert result["prompt"] in [c["prompt"] for c in result["selection"]["candidates"]]
+
+
+def test_budget_stops_the_run_and_is_never_exceeded():
+    model = tiny_local_model()
+    options = {**SMALL, "steps": 50}
+    budget = Budget(max_task_calls=30)
+    result = get_optimizer("greater")(**options).optimize(
+        tasks.load_task_data("navigate"), model, budget, random.Random(0), Checkpoint(None)
+    )
+    assert result["stopped"] == "budget"
+    assert result["budget"]["task_calls"] <= 30
+    assert len(result["trajectory"]) < 50
+
+
+def test_same_seed_same_prompt():
+    results = []
+    for _ in range(2):
+        result = get_optimizer("greater")(**SMALL).optimize(
+            tasks.load_task_data("navigate"), tiny_local_model(), Budget(None), random.Random(5), Checkpoint(None)
+        )
+        results.append((result["prompt"], [r["prompt"] for r in result["trajectory"]]))
+    assert results[0] == results[1]
+
+
+def _spawn(tmp_path, name):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    paths = [str(tmp_path / f"{name}.ckpt.json"), str(tmp_path / f"{name}.cache.sqlite"), str(tmp_path / f"{name}.json")]
+    process = subprocess.Popen([sys.executable, "-m", "tests.greater_run", *paths], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return process, paths
+
+
+def test_killed_run_resumes_and_ends_with_the_same_prompt(tmp_path):
+    straight, (_, _, straight_out) = _spawn(tmp_path, "straight")
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+    killed, (checkpoint, _, killed_out) = _spawn(tmp_path, "killed")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if Path(checkpoint).is_file() and json.loads(Path(checkpoint).read_text())["state"]["step"] >= 2:
+            break
+        assert killed.poll() is None, killed.stdout.read()
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not Path(killed_out).exists()
+    resumed, _ = _spawn(tmp_path, "killed")
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming from step" in output
+    a, b = json.loads(Path(straight_out).read_text()), json.loads(Path(killed_out).read_text())
+    assert b["prompt"] == a["prompt"]
+    assert [r["prompt"] for r in b["trajectory"]] == [r["prompt"] for r in a["trajectory"]]
+    assert b["budget"]["task_calls"] == a["budget"]["task_calls"]
+
+
+def test_checkpoint_with_other_options_is_refused(tmp_path):
+    checkpoint = Checkpoint(tmp_path / "c.json")
+    data = tasks.load_task_data("navigate")
+    get_optimizer("greater")(**SMALL).optimize(data, tiny_local_model(), Budget(None), random.Random(0), checkpoint)
+    with pytest.raises(OptionError, match="written with other options"):
+        get_optimizer("greater")(**{**SMALL, "topk": 6}).optimize(data, tiny_local_model(), Budget(None), random.Random(0), checkpoint)
