@@ -21,7 +21,8 @@ test: $(CORE_STAMP)  ## the test suite (offline; real SmolLM2 and a real loopbac
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
 bench: $(EXTRA_STAMP)  ## engine benchmarks; results in results/benchmarks/
-	$(OFFLINE) $(BIN)/python benchmarks/engine.py
+	$(OFFLINE) $(BIN)/python -m benchmarks.engine
+	$(OFFLINE) $(BIN)/python -m benchmarks.greater_step
 
 install: $(CORE_STAMP)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _list_tasks(args) -> None:
@@ -49,6 +50,33 @@ def _write_splits(args) -> None:
     print(f"wrote {path}")
 
 
+def _optimize(args) -> None:
+    import random
+
+    import tasks
+    from model_engine import GenerationCache
+    from model_engine.local import load_model
+    from optimizers.base import Budget, Checkpoint, get_optimizer, write_result
+
+    try:
+        options = json.loads(args.options)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: --options is not valid JSON: {error}") from None
+    optimizer = get_optimizer(args.optimizer)(**options)  # bad options fail here, before any load
+    data = tasks.load_task_data(args.task, data_root=args.data_root, split_file=args.split_file)
+    cache = GenerationCache(Path(args.cache_dir or ".cache") / "generations.sqlite")
+    model = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
+                       generation_cache=cache, batch_size=args.batch_size, threads=args.threads)
+    checkpoint = Checkpoint(args.checkpoint or f"{args.output}.checkpoint.json")
+    result = optimizer.optimize(data, model, Budget(args.max_task_calls), random.Random(args.seed), checkpoint, seed=args.seed)
+    result["provenance"]["config"] = {"options": options, "max_task_calls": args.max_task_calls,
+                                      "split_file": args.split_file, "dtype": args.dtype, "device": args.device}
+    write_result(args.output, result)
+    if checkpoint.path.exists():
+        checkpoint.path.unlink()  # the result is written; a rerun starts afresh
+    print(f"wrote {args.output}: {result['prompt']!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-suite", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     splits.add_argument("--data-root", default=None, help="benchmark data folder (default: see README)")
     splits.add_argument("--no-download", action="store_true", help="never fetch missing data files")
     splits.set_defaults(run=_write_splits)
+    optimize = commands.add_parser("optimize", help="optimize a prompt for one task x model x optimizer")
+    optimize.add_argument("task")
+    optimize.add_argument("model")
+    optimize.add_argument("optimizer")
+    optimize.add_argument("--output", required=True, help="the result JSON (results/prompts/{task}/{model}/{optimizer}.json)")
+    optimize.add_argument("--options", default="{}", help="optimizer options as a JSON object")
+    optimize.add_argument("--max-task-calls", type=int, default=None, help="budget in task calls (default: none)")
+    optimize.add_argument("--seed", type=int, default=0)
+    optimize.add_argument("--split-file", default=None, help="split id lists (prompt-suite write-splits)")
+    optimize.add_argument("--data-root", default=None)
+    optimize.add_argument("--cache-dir", default=None, help="converted models and generations.sqlite")
+    optimize.add_argument("--checkpoint", default=None, help="default: OUTPUT.checkpoint.json")
+    optimize.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    optimize.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    optimize.add_argument("--batch-size", type=int, default=64, help="generation batch size")
+    optimize.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    optimize.set_defaults(run=_optimize)
     return parser
 
 

@@ -8,7 +8,7 @@ Measures, in one run on this machine:
   generated token against the fp32 peak).
 
 Results are printed and written to results/benchmarks/engine.json.
-    python benchmarks/engine.py [--models smollm2-135m qwen2.5-coder-0.5b] [--batch-sizes 16 32 64]
+    python -m benchmarks.engine [--models smollm2-135m qwen2.5-coder-0.5b] [--batch-sizes 16 32 64]
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from model_engine.sources import PreparedModel, prepare
 from model_engine.usage import UsageMeter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = 64
 #: end-of-turn markers of common chat templates, used as extra EOS ids when present
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "<|end|>")
 _PLAIN_LAYOUT = "Question: {question}\nAnswer:"

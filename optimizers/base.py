@@ -55,6 +55,9 @@ class Budget:
         self.optimizer_calls = 0
         self.forward_passes = 0
         self.backward_passes = 0
+        #: tokens through teacher-forced forward / backward passes (gradient methods)
+        self.forward_tokens = 0
+        self.backward_tokens = 0
         self.task_usage = Usage()
         self.optimizer_usage = Usage()
         self._charged: set[str] = set()
@@ -100,6 +103,8 @@ class Budget:
             "optimizer_calls": self.optimizer_calls,
             "forward_passes": self.forward_passes,
             "backward_passes": self.backward_passes,
+            "forward_tokens": self.forward_tokens,
+            "backward_tokens": self.backward_tokens,
             "task_model": self.task_usage.to_dict(),
             "optimizer_model": self.optimizer_usage.to_dict(),
         }
@@ -112,6 +117,7 @@ class Budget:
         budget = cls(state["max_task_calls"], state.get("max_optimizer_calls"))
         budget.task_calls, budget.optimizer_calls = state["task_calls"], state["optimizer_calls"]
         budget.forward_passes, budget.backward_passes = state["forward_passes"], state["backward_passes"]
+        budget.forward_tokens, budget.backward_tokens = state["forward_tokens"], state["backward_tokens"]
         budget.task_usage, budget.optimizer_usage = Usage(**state["task_model"]), Usage(**state["optimizer_model"])
         budget._charged = set(state["charged"])
         return budget

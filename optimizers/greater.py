@@ -262,6 +262,10 @@ class GreaterRun:
             leaf = embeds[rows, cols].detach().clone().requires_grad_(True)
             embeds = embeds.index_put((rows, cols), leaf)
         hidden = self.net.base_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions).last_hidden_state
+        tokens = sum(len(s) for s in sequences)
+        self.budget.forward_tokens += tokens
+        if leaf is not None:
+            self.budget.backward_tokens += tokens
         return hidden, pads, leaf
 
     # ---- rollouts ------------------------------------------------------------------------

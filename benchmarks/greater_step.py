@@ -1,0 +1,115 @@
+"""Full GReaTer steps on SmolLM2 (n_train 16, at most 128 reasoning tokens): where the time goes.
+
+Reports, in one run on this machine:
+- seconds per step and its phases: proposal, rollouts, gradient, candidate evaluation,
+  other (everything outside those: Python bookkeeping, decoding, selection logic);
+- task calls per second;
+- model-FLOPs utilisation of the step against the matmul peak measured in the same run;
+- the rollouts' generation throughput against the engine's best measured throughput
+  (64 BBH questions, 128 new tokens, same run).
+
+Targets: "other" under 10% of a step; rollouts at >= 80% of the engine's best.
+Results are printed and written to results/benchmarks/greater_step.json.
+    python -m benchmarks.greater_step [--steps 3] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import tasks  # noqa: E402
+from benchmarks.engine import engine_tokens_per_s, matmul_parameters, matmul_peak_gflops, questions  # noqa: E402
+from model_engine.local import load_model  # noqa: E402
+from optimizers.base import Budget, Checkpoint  # noqa: E402
+from optimizers.greater import GreaterOptions, GreaterRun  # noqa: E402
+
+OUTPUT = Path("results/benchmarks/greater_step.json")
+PHASES = ("proposal", "rollouts", "gradient", "evaluation")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--task", default="navigate")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--n-train", type=int, default=16)
+    parser.add_argument("--max-reasoning-tokens", type=int, default=128)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    peak = matmul_peak_gflops(torch.float32 if args.dtype == "float32" else torch.bfloat16)
+    model = load_model(args.model, dtype=args.dtype, batch_size=args.batch_size)
+    model.cache = None  # measure real work, not cache hits
+    engine_best, _, _ = engine_tokens_per_s(model, questions(64), args.max_reasoning_tokens, args.batch_size)
+    print(f"matmul peak ({args.dtype}): {peak:.1f} GFLOP/s; engine best: {engine_best:.1f} tokens/s "
+          f"(batch {args.batch_size}, {args.threads} threads, {os.cpu_count()} cores)")
+
+    options = GreaterOptions(n_train=args.n_train, steps=args.steps, max_reasoning_tokens=args.max_reasoning_tokens)
+    budget = Budget(None)
+    run = GreaterRun(options, tasks.load_task_data(args.task), model, budget, random.Random(0), Checkpoint(None), 0)
+    prompt = run._segment(options.initial_prompt)
+    initial = run.evaluate([prompt], prompt)[0]  # the first rollouts; not part of a step
+    state = {"prompt": prompt, "pos": 0, "n0": len(prompt), "step": 0, "seen": [initial], "current": initial,
+             "trajectory": []}
+    flops_per_token = 2 * matmul_parameters(model.model)
+    steps = []
+    for _ in range(args.steps):
+        phases_before, budget_before = dict(run.phase_seconds), budget.record()
+        meter_before = model.meter.total
+        started = time.perf_counter()
+        run._step(state)
+        seconds = time.perf_counter() - started
+        phases = {p: run.phase_seconds[p] - phases_before.get(p, 0.0) for p in PHASES}
+        phases["other"] = seconds - sum(phases.values())
+        generated = model.meter.total - meter_before
+        record = budget.record()
+        forward = record["forward_tokens"] - budget_before["forward_tokens"]
+        backward = record["backward_tokens"] - budget_before["backward_tokens"]
+        flops = flops_per_token * (forward + backward + generated.prompt_tokens + generated.completion_tokens)
+        task_calls = record["task_calls"] - budget_before["task_calls"]
+        rollout_speed = generated.completion_tokens / phases["rollouts"] if phases["rollouts"] else 0.0
+        steps.append({
+            "seconds": seconds, "phases": phases, "task_calls": task_calls, "task_calls_per_s": task_calls / seconds,
+            "generated_tokens": generated.completion_tokens, "rollout_tokens_per_s": rollout_speed,
+            "rollouts_vs_engine_best": rollout_speed / engine_best, "mfu": flops / seconds / (peak * 1e9),
+            "other_share": phases["other"] / seconds, "prompt": state["trajectory"][-1]["prompt"],
+        })
+        s = steps[-1]
+        print(f"step {len(steps)}: {seconds:.1f} s | " + ", ".join(f"{p} {v:.1f}" for p, v in phases.items())
+              + f" | {task_calls / seconds:.2f} task calls/s | rollouts {rollout_speed:.1f} tok/s "
+              f"({s['rollouts_vs_engine_best']:.0%} of engine best) | MFU {s['mfu']:.1%} | other {s['other_share']:.1%}")
+    mean = lambda key: sum(s[key] for s in steps) / len(steps)  # noqa: E731
+    summary = {
+        "seconds_per_step": mean("seconds"),
+        "phase_seconds": {p: sum(s["phases"][p] for s in steps) / len(steps) for p in (*PHASES, "other")},
+        "task_calls_per_s": mean("task_calls_per_s"),
+        "mfu": mean("mfu"),
+        "other_share": mean("other_share"),
+        "rollouts_vs_engine_best": mean("rollouts_vs_engine_best"),
+        "targets": {"other_share_below": 0.10, "rollouts_vs_engine_best_at_least": 0.80},
+    }
+    print("mean: " + json.dumps(summary))
+    report = {"model": args.model, "task": args.task, "dtype": args.dtype, "n_train": args.n_train,
+              "max_reasoning_tokens": args.max_reasoning_tokens, "threads": args.threads, "cores": os.cpu_count(),
+              "matmul_peak_gflops": peak, "engine_best_tokens_per_s": engine_best, "steps": steps, "summary": summary}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
