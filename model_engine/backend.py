@@ -79,13 +79,34 @@ class Backend(ABC):
         self.cache = cache
         self.meter = meter if meter is not None else UsageMeter()
 
-    def chat(self, conversations: Sequence[Conversation], params: GenerationParams = GenerationParams()) -> list[Completion]:
-        """One completion per conversation, in order. Cached answers are not charged."""
+    def chat(
+        self,
+        conversations: Sequence[Conversation],
+        params: GenerationParams = GenerationParams(),
+        sample_indices: Sequence[int] | None = None,
+        assistant_prefix: str = "",
+    ) -> list[Completion]:
+        """One completion per conversation, in order. Cached answers are not charged.
+
+        ``sample_indices`` tells repeated samples of one conversation apart (temperature
+        > 0); ``assistant_prefix`` starts the assistant's reply, and the completion is
+        what follows it.
+        """
         requests = [as_messages(c) for c in conversations]
-        return self._cached("chat", requests, params, self._generate_chat)
+        if sample_indices is None:
+            sample_indices = [params.sample_index] * len(requests)
+        keyed = [{"messages": r, "prefix": assistant_prefix, "sample": i if not params.greedy else 0}
+                 for r, i in zip(requests, sample_indices)]
+
+        def generate(missing: list[dict], params: GenerationParams) -> list[Completion]:
+            return self._generate_chat([m["messages"] for m in missing], params,
+                                       [m["sample"] for m in missing], assistant_prefix)
+
+        return self._cached("chat", keyed, params, generate)
 
     @abstractmethod
-    def _generate_chat(self, requests: list[list[dict]], params: GenerationParams) -> list[Completion]:
+    def _generate_chat(self, requests: list[list[dict]], params: GenerationParams, sample_indices: list[int],
+                       assistant_prefix: str) -> list[Completion]:
         """Generate for all requests (none of them cached)."""
 
     def _cached(self, kind, requests, params: GenerationParams, generate) -> list[Completion]:

@@ -58,16 +58,21 @@ class EndpointModel(Backend):
         """A one-token request, to fail fast before expensive work starts."""
         self._request([{"role": "user", "content": "Say OK."}], GenerationParams(max_new_tokens=1))
 
-    def _generate_chat(self, requests: list[list[dict]], params: GenerationParams) -> list[Completion]:
-        return [self._request(messages, params) for messages in requests]
+    def _generate_chat(self, requests: list[list[dict]], params: GenerationParams, sample_indices: list[int],
+                       assistant_prefix: str) -> list[Completion]:
+        return [self._request(messages, params, index, assistant_prefix) for messages, index in zip(requests, sample_indices)]
 
-    def _request(self, messages: list[dict], params: GenerationParams) -> Completion:
+    def _request(self, messages: list[dict], params: GenerationParams, sample_index: int = 0,
+                 assistant_prefix: str = "") -> Completion:
+        if assistant_prefix:  # the chat API cannot continue a reply: ask for the opening instead
+            messages = messages[:-1] + [{**messages[-1], "content": messages[-1]["content"]
+                                         + f'\n\nBegin your reply with "{assistant_prefix.strip()}".'}]
         arguments = {
             "model": self.model,
             "messages": messages,
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
-            "seed": params.seed + params.sample_index,
+            "seed": params.seed + sample_index,
         }
         if not params.greedy:
             arguments["top_p"] = params.top_p
@@ -88,7 +93,7 @@ class EndpointModel(Backend):
                 ) from error
             except openai.OpenAIError as error:
                 raise EndpointError(f"{self.describe()} failed: {_short(error)}") from error
-            completion = _parse_response(response, params)
+            completion = _parse_response(response, params, assistant_prefix.strip())
             if completion is not None:
                 return completion
             last_error = EndpointError("the response held no choices or no text")
@@ -98,11 +103,14 @@ class EndpointModel(Backend):
         ) from last_error
 
 
-def _parse_response(response, params: GenerationParams) -> Completion | None:
+def _parse_response(response, params: GenerationParams, prefix: str = "") -> Completion | None:
     choices = getattr(response, "choices", None)
     if not choices or getattr(choices[0], "message", None) is None or choices[0].message.content is None:
         return None
-    text, at_stop = cut_at_stop(choices[0].message.content, params.stop)
+    content = choices[0].message.content
+    if prefix and content.lstrip().startswith(prefix):
+        content = content.lstrip()[len(prefix):]
+    text, at_stop = cut_at_stop(content, params.stop)
     usage = getattr(response, "usage", None)
     return Completion(
         text=text,

@@ -84,8 +84,10 @@ class LocalModel(Backend):
         """Continue token-id sequences as they are (callers that build inputs segment by segment)."""
         return self._cached("ids", [list(ids) for ids in sequences], params, self._generate_encoded)
 
-    def _generate_chat(self, requests: list[list[dict]], params: GenerationParams) -> list[Completion]:
-        return self._generate_texts([self.render(r) for r in requests], params)
+    def _generate_chat(self, requests: list[list[dict]], params: GenerationParams, sample_indices: list[int],
+                       assistant_prefix: str) -> list[Completion]:
+        # Samples differ through the batch's shared random stream (seeded by params.seed).
+        return self._generate_texts([self.render(r, assistant_prefix) for r in requests], params)
 
     # ---- generation ------------------------------------------------------------------
     def _end_ids(self) -> list[int]:

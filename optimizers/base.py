@@ -139,6 +139,31 @@ class Checkpoint:
             write_json_atomic(self.path, state)
 
 
+CHECKPOINT_VERSION = 1
+
+
+def save_progress(checkpoint: Checkpoint, options, rng: random.Random, budget: Budget, state: dict) -> None:
+    """Persist a step loop: its state, the random stream and the budget (with charged pairs)."""
+    checkpoint.save({"version": CHECKPOINT_VERSION, "options": dataclasses.asdict(options), "state": state,
+                     "rng": rng_state(rng), "budget": budget.state()})
+
+
+def resume_progress(checkpoint: Checkpoint, options, rng: random.Random, budget: Budget, owner: str) -> dict | None:
+    """The saved state, with ``rng`` and ``budget`` restored in place; None to start afresh."""
+    saved = checkpoint.load()
+    if saved is None:
+        return None
+    if saved.get("version") != CHECKPOINT_VERSION or saved.get("options") != dataclasses.asdict(options):
+        raise OptionError(
+            f"Checkpoint {checkpoint.path} was written with other options or by another version; "
+            "delete it to start afresh."
+        )
+    set_rng_state(rng, saved["rng"])
+    budget.__dict__.update(Budget.from_state(saved["budget"]).__dict__)
+    print(f"[{owner}] resuming from step {saved['state']['step']} ({checkpoint.path})", flush=True)
+    return saved["state"]
+
+
 def rng_state(rng: random.Random) -> list:
     version, internal, gauss = rng.getstate()
     return [version, list(internal), gauss]
@@ -159,8 +184,13 @@ class Optimizer(ABC):
         self.options = parse_options(self.Options, options, self.name)
 
     @abstractmethod
-    def optimize(self, data, model, budget: Budget, rng: random.Random, checkpoint: Checkpoint) -> dict:
-        """Run the optimization; return the result record (see ``prompt_result.schema.json``)."""
+    def optimize(self, data, model, budget: Budget, rng: random.Random, checkpoint: Checkpoint, seed: int = 0,
+                 optimizer_model=None) -> dict:
+        """Run the optimization; return the result record (see ``prompt_result.schema.json``).
+
+        ``model`` is the task model; ``optimizer_model`` writes prompts in text-feedback
+        methods (default: the task model itself, the paper's self-optimization setting).
+        """
 
 
 def parse_options(options_class: type, given: dict, owner: str):
@@ -210,13 +240,21 @@ def get_optimizer(name: str) -> type[Optimizer]:
         raise UnknownNameError("optimizer", name, registry()) from None
 
 
-def provenance(model, data, options, seed: int, config: dict | None = None) -> dict:
+def describe_model(backend) -> dict:
+    """Name, source and checksum of a local model, or the endpoint's address and model."""
+    if hasattr(backend, "prepared"):
+        return {"name": backend.spec.name, "hf_id": backend.spec.hf_id, "source": backend.prepared.source,
+                "checksum": backend.prepared.checksum, "dtype": backend.dtype}
+    return {"name": getattr(backend, "model", "?"), "checksum": backend.identity, "source": "endpoint"}
+
+
+def provenance(model, data, options, seed: int, optimizer_model=None) -> dict:
     return {
         "options": dataclasses.asdict(options),
         "seed": seed,
-        "config": config or {},
-        "model": {"name": model.spec.name, "hf_id": model.spec.hf_id, "source": model.prepared.source,
-                  "checksum": model.prepared.checksum, "dtype": model.dtype},
+        "config": {},
+        "model": describe_model(model),
+        "optimizer_model": describe_model(optimizer_model if optimizer_model is not None else model),
         "data_sha256": data.data_sha256,
         "split_sizes": {"train": len(data.train), "dev": len(data.dev)},
         "environment": environment(),

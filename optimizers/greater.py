@@ -29,7 +29,7 @@ import random
 import string
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -42,13 +42,12 @@ from optimizers.base import (
     provenance,
     prompt_key,
     register_optimizer,
-    rng_state,
-    set_rng_state,
+    resume_progress,
+    save_progress,
 )
 from optimizers.harness import Harness
 from tasks.prompt_slot import EXTRACTOR_SEPARATOR, SLOT_SEPARATOR
 
-CHECKPOINT_VERSION = 1
 PLACEHOLDER = "_"
 _SENTINEL = "\ue000"  # a private-use character that no chat template contains
 _ALLOWED_PUNCTUATION = {".", ",", " "}
@@ -115,7 +114,8 @@ class GreaterOptions:
 class Greater(Optimizer):
     Options = GreaterOptions
 
-    def optimize(self, data, model, budget: Budget, rng: random.Random, checkpoint: Checkpoint, seed: int = 0) -> dict:
+    def optimize(self, data, model, budget: Budget, rng: random.Random, checkpoint: Checkpoint, seed: int = 0,
+                 optimizer_model=None) -> dict:
         return GreaterRun(self.options, data, model, budget, rng, checkpoint, seed).run()
 
 
@@ -494,22 +494,11 @@ class GreaterRun:
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def _save(self, state) -> None:
-        self.checkpoint.save({"version": CHECKPOINT_VERSION, "options": asdict(self.o), "state": state,
-                              "rng": rng_state(self.rng), "budget": self.budget.state(),
-                              "phase_seconds": dict(self.phase_seconds)})
+        state["phase_seconds"] = dict(self.phase_seconds)
+        save_progress(self.checkpoint, self.o, self.rng, self.budget, state)
 
     def _restore(self) -> dict | None:
-        saved = self.checkpoint.load()
-        if saved is None:
-            return None
-        if saved.get("version") != CHECKPOINT_VERSION or saved.get("options") != asdict(self.o):
-            raise OptionError(
-                f"Checkpoint {self.checkpoint.path} was written with other options or by another version; "
-                "delete it to start afresh."
-            )
-        set_rng_state(self.rng, saved["rng"])
-        restored = Budget.from_state(saved["budget"])
-        self.budget.__dict__.update(restored.__dict__)
-        self.phase_seconds.update(saved.get("phase_seconds", {}))
-        print(f"[greater] resuming from step {saved['state']['step']} ({self.checkpoint.path})", flush=True)
-        return saved["state"]
+        state = resume_progress(self.checkpoint, self.o, self.rng, self.budget, "greater")
+        if state is not None:
+            self.phase_seconds.update(state.get("phase_seconds", {}))
+        return state

@@ -24,6 +24,8 @@ class Evaluation:
     answers: tuple[str | None, ...]
     #: share of examples with a valid parsed answer
     parse_rate: float
+    #: the model's reasoning per example (feedback methods show it to the optimizer LLM)
+    reasoning: tuple[str, ...] = ()
 
 
 class Harness:
@@ -55,4 +57,5 @@ class Harness:
             correct=correct,
             answers=answers,
             parse_rate=sum(a is not None for a in answers) / len(examples),
+            reasoning=tuple(r.text for r in reasoning),
         )

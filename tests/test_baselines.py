@@ -1,0 +1,125 @@
+"""The text-feedback baselines' loop logic, with a scripted optimizer LLM."""
+
+import random
+import re
+
+import pytest
+
+import tasks
+from optimizers.base import Budget, Checkpoint, get_optimizer
+from optimizers.gpo import retrieve, steps_per_epoch, word_cap
+from optimizers.harness import Evaluation, Harness
+from optimizers.optimizer_llm import clean_prompt, parse_tagged
+from tests.conftest import tiny_local_model
+from tests.scripted import ScriptedLLM
+
+FAST = {"max_reasoning_tokens": 4, "n_dev": 4}
+
+
+@pytest.fixture
+def scored_by_length(monkeypatch):
+    """Task scores that depend on the prompt only (longer prompts score higher), charged as usual."""
+
+    def evaluate(self, prompt, examples):
+        self.budget.charge_task_calls(prompt, [e.id for e in examples])
+        accuracy = min(1.0, len(prompt) / 100)
+        return Evaluation(accuracy, tuple([accuracy > 0.5] * len(examples)), tuple(["A"] * len(examples)), 1.0,
+                          tuple(["reasoning"] * len(examples)))
+
+    monkeypatch.setattr(Harness, "evaluate", evaluate)
+
+
+def _run(name, llm, budget=None, task="navigate", **options):
+    data = tasks.load_task_data(task)
+    return get_optimizer(name)(**{**FAST, **options}).optimize(
+        data, tiny_local_model(), budget or Budget(None), random.Random(0), Checkpoint(None), seed=0, optimizer_model=llm
+    )
+
+
+def test_parsing_copes_with_small_model_output():
+    assert parse_tagged("<INS>Be careful.", "<INS>", "</INS>") == ["Be careful."]  # missing closing tag
+    assert parse_tagged('**Instruction:** "think twice"</INS>', "<INS>", "</INS>") == ["Think twice"]
+    assert parse_tagged("<START>a<END> and <START>b<END>", "<START>", "<END>") == ["A", "B"]
+    assert clean_prompt("   ") is None and clean_prompt("x" * 600) is None
+    assert clean_prompt("Prompt: use logic") == "Use logic"
+
+
+def test_opro_meta_prompt_shows_at_most_20_instructions_in_ascending_order(scored_by_length):
+    llm = ScriptedLLM(lambda message, n: f"<INS>{'Reason with care ' * (1 + n % 5)}variant {n}</INS>")
+    result = _run("opro", llm, steps=5, samples_per_step=8)
+    assert len(llm.messages) == 5 * 8
+    for message in llm.messages:
+        scores = [int(s) for s in re.findall(r"score:\n(\d+)", message)]
+        assert 1 <= len(scores) <= 20
+        assert scores == sorted(scores)
+    last = llm.messages[-1]
+    assert len(re.findall(r"score:\n", last)) == 20  # 1 initial + 8 x 4 steps seen, capped at 20
+    assert result["budget"]["optimizer_calls"] == 40
+
+
+def test_protegi_keeps_a_beam_of_the_configured_width(monkeypatch):
+    def evaluate(self, prompt, examples):  # every prompt is wrong on every example: errors to learn from
+        self.budget.charge_task_calls(prompt, [e.id for e in examples])
+        accuracy = (hash(prompt) % 100) / 1000
+        return Evaluation(accuracy, tuple([False] * len(examples)), tuple(["B"] * len(examples)), 1.0,
+                          tuple(["because"] * len(examples)))
+
+    monkeypatch.setattr(Harness, "evaluate", evaluate)
+    llm = ScriptedLLM()
+    result = _run("protegi", llm, rounds=3, beam_size=3, minibatch=8, gradient_groups=2, bandit_rounds=3,
+                  arms_per_round=4, samples_per_pull=4)
+    for record in result["trajectory"]:
+        assert len(record["beam"]) == 3
+        assert record["pool"] > 3
+    assert any("The problem with the instruction is" in m for m in llm.messages)
+    assert any("wrong" in m and "## Example 1" in m for m in llm.messages)
+
+
+def test_gpo_word_cap_follows_the_cosine_schedule():
+    total = 18
+    caps = [word_cap(t, total, 50, 10) for t in range(total + 1)]
+    assert caps[0] == 50 and caps[-1] == 10 and caps[1] == 49
+    assert caps == sorted(caps, reverse=True)
+    assert caps[total // 2] == 30
+    assert steps_per_epoch(50, 8) == 6 and steps_per_epoch(100, 8) == 13
+
+
+def test_gpo_meta_prompts_carry_the_scheduled_cap_and_retrieval(scored_by_length):
+    llm = ScriptedLLM()
+    result = _run("gpo", llm, epochs=1, candidates_per_step=2)
+    total = steps_per_epoch(50, 8)
+    caps = [int(re.search(r"change up to (\d+) words", m).group(1)) for m in llm.messages[::2]]
+    assert caps == [word_cap(t, total, 50, 10) for t in range(1, total + 1)]
+    assert all(m.count("Prompt: ") <= 3 for m in llm.messages)
+    assert [r["word_cap"] for r in result["trajectory"][1:]] == caps
+    prompts = [r["prompt"] for r in result["trajectory"]]
+    assert len(set(prompts)) == len(prompts), "GPO always moves to a prompt not chosen before"
+
+
+def test_gpo_retrieval_puts_current_first_then_most_similar():
+    trajectory = [{"prompt": p, "score": 0.1} for p in ["add the numbers", "think about colours", "add numbers carefully"]]
+    shown = retrieve(trajectory, 2)
+    assert [s["prompt"] for s in shown] == ["add numbers carefully", "add the numbers"]
+
+
+def test_ape_selection_picks_the_best_scoring_candidate(scored_by_length):
+    lengths = ["Short.", "A somewhat longer instruction.", "The longest instruction of them all, by quite a margin."]
+    llm = ScriptedLLM(lambda message, n: lengths[n % 3])
+    result = _run("ape", llm, proposal_requests=1, proposals_per_request=3, screen_examples=2, rescore_top=3)
+    assert result["prompt"] == lengths[2]
+    assert "Input:" in llm.messages[0] and "Output:" in llm.messages[0]
+
+
+def test_ape_resampling_asks_for_variations(scored_by_length):
+    llm = ScriptedLLM()
+    result = _run("ape", llm, proposal_requests=1, proposals_per_request=4, rescore_top=2, resample_rounds=2,
+                  resample_top=2, variations=2)
+    assert sum("variation of the following instruction" in m for m in llm.messages) == 2 * 2 * 2
+    assert len(result["trajectory"]) == 3 + 2
+
+
+def test_rejected_outputs_are_still_charged(scored_by_length):
+    llm = ScriptedLLM(lambda message, n: "" if n % 2 else "<INS>Work it out.</INS>")
+    result = _run("opro", llm, steps=2, samples_per_step=4)
+    assert result["budget"]["optimizer_calls"] == 8
+    assert result["trajectory"][-1]["rejected_so_far"] >= 4
