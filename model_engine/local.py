@@ -105,39 +105,80 @@ class LocalModel(Backend):
     def _generate_texts(self, texts: list[str], params: GenerationParams) -> list[Completion]:
         return self._generate_encoded([self.encode(text) for text in texts], params)
 
+    def complete_prefixed(self, prefix_cache, rows: Sequence[tuple[int, Sequence[int]]],
+                          params: GenerationParams = GenerationParams()) -> list[Completion]:
+        """Continue ``prefix + suffix`` for (prefix index, suffix ids) rows, reusing the prefixes' states.
+
+        The cache key is the full token sequence, the same as ``complete_ids``'s.
+        """
+        sequences = [prefix_cache.prefixes[i] + list(suffix) for i, suffix in rows]
+        row_of = {tuple(seq): (i, list(suffix)) for seq, (i, suffix) in zip(sequences, rows)}
+
+        def generate(missing: list[list[int]], params: GenerationParams) -> list[Completion]:
+            return self._generate_rows([row_of[tuple(seq)] for seq in missing], params, prefix_cache)
+
+        return self._cached("ids", sequences, params, generate)
+
     def _generate_encoded(self, encoded: list[list[int]], params: GenerationParams) -> list[Completion]:
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
-        results: list[Completion | None] = [None] * len(encoded)
+        return self._generate_rows([(None, ids) for ids in encoded], params, None)
+
+    def _generate_rows(self, rows: list[tuple[int | None, list[int]]], params: GenerationParams,
+                       prefix_cache) -> list[Completion]:
+        """Length-sorted batches of (prefix index or None, token ids) rows."""
+        def length(row):
+            return len(row[1]) + (len(prefix_cache.prefixes[row[0]]) if prefix_cache is not None else 0)
+
+        order = sorted(range(len(rows)), key=lambda i: length(rows[i]), reverse=True)
+        results: list[Completion | None] = [None] * len(rows)
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                for index, completion in zip(batch, self._generate_batch([encoded[i] for i in batch], params)):
+                batch = [rows[i] for i in order[start:start + self.batch_size]]
+                if prefix_cache is None:
+                    first = self._prefill_inputs([ids for _, ids in batch])
+                else:
+                    first = self._prefixed_inputs(prefix_cache, batch)
+                lengths = [length(row) for row in batch]
+                for index, completion in zip(order[start:start + self.batch_size], self._decode(*first, lengths, params)):
                     results[index] = completion
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, batch: list[list[int]], params: GenerationParams) -> list[Completion]:
+    def left_pad(self, sequences: list[list[int]]):
+        """Token ids left-padded into one batch, with attention mask, position ids and pad counts."""
+        width = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, ids in enumerate(sequences):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        pads = [width - len(ids) for ids in sequences]
+        return input_ids.to(self.device), attention.to(self.device), positions.to(self.device), pads
+
+    def _prefill_inputs(self, batch: list[list[int]]):
+        from transformers import DynamicCache
+
+        input_ids, attention, positions, _ = self.left_pad(batch)
+        return input_ids, attention, positions, DynamicCache()
+
+    def _prefixed_inputs(self, prefix_cache, batch):
+        cache, prefix_mask, prefix_lengths = prefix_cache.assemble([i for i, _ in batch])
+        input_ids, suffix_mask, suffix_positions, _ = self.left_pad([ids for _, ids in batch])
+        positions = prefix_lengths[:, None] + suffix_positions
+        return input_ids, torch.cat([prefix_mask, suffix_mask], dim=1), positions, cache
+
+    def _decode(self, step_input, attention, positions, cache, prompt_lengths: list[int],
+                params: GenerationParams) -> list[Completion]:
         """Decode one batch with a KV cache, dropping rows from it as they finish.
 
         Dropping finished rows (instead of padding them to the longest output, as
         ``model.generate`` does) keeps every step's work on rows still generating.
         """
-        from transformers import DynamicCache
-
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention[row, width - len(ids):] = 1
-        attention = attention.to(self.device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        step_input = input_ids.to(self.device)
         eos = torch.tensor(self.eos_ids, device=self.device)
         generator = None if params.greedy else torch.Generator(self.device).manual_seed(params.seed)
-        cache = DynamicCache()
-        active = list(range(len(batch)))  # original row of each live row
-        outputs: list[list[int]] = [[] for _ in batch]
-        ended_by_eos = [False] * len(batch)
+        rows = len(prompt_lengths)
+        active = list(range(rows))  # original row of each live row
+        outputs: list[list[int]] = [[] for _ in range(rows)]
+        ended_by_eos = [False] * rows
         for step in range(params.max_new_tokens):
             logits = self.model(
                 input_ids=step_input,
@@ -170,12 +211,12 @@ class LocalModel(Backend):
             positions = positions[:, -1:] + 1
             step_input = next_tokens[:, None]
         completions = []
-        for ids, new_tokens, at_eos in zip(batch, outputs, ended_by_eos):
+        for prompt_length, new_tokens, at_eos in zip(prompt_lengths, outputs, ended_by_eos):
             text, at_stop = cut_at_stop(self.tokenizer.decode(new_tokens, skip_special_tokens=True), params.stop)
             completions.append(
                 Completion(
                     text=text,
-                    prompt_tokens=len(ids),
+                    prompt_tokens=prompt_length,
                     completion_tokens=len(new_tokens) + (1 if at_eos else 0),
                     finish_reason="stop" if at_eos or at_stop else "length",
                     token_ids=tuple(new_tokens),

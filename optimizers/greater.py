@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from model_engine import GenerationParams
+from model_engine.prefix_cache import PrefixCache
+from model_engine.prefix_cache import supports as prefix_cache_supported
 from optimizers.base import (
     Budget,
     Checkpoint,
@@ -87,6 +89,8 @@ class GreaterOptions:
     ppl_targets: str = "candidate"
     #: "clean" (fixed) or "reference" (bug: every EOS/pad id removed from the scored prompt)
     scoring_context: str = "clean"
+    #: compute each question prefix's key/value states once and reuse them (same results, faster)
+    reuse_prefix_cache: bool = True
 
     def __post_init__(self):
         positive = ("n_train", "steps", "topk", "topq", "examples_per_group", "min_candidates",
@@ -164,6 +168,7 @@ def propose_candidates(log_probs: torch.Tensor, k0: int, groups: int, group_size
 @dataclass
 class Example:
     id: str
+    index: int  # row of the run's prefix cache
     prefix: list[int]  # chat head + question + slot separator
     target: list[int]  # extractor + gold answer
     answer_start: int  # answer tokens: target[answer_start:]
@@ -171,7 +176,7 @@ class Example:
 
 @dataclass
 class Scored:
-    """One teacher-forced sequence: prefix, prompt, assistant header, reasoning, target."""
+    """One teacher-forced sequence: prefix, then the suffix prompt + assistant header + reasoning + target."""
 
     prefix: list[int]
     prompt: list[int]
@@ -180,17 +185,17 @@ class Scored:
     example: Example
 
     @property
-    def ids(self) -> list[int]:
-        return self.prefix + self.prompt + self.tail + self.reasoning + self.example.target
+    def suffix(self) -> list[int]:
+        return self.prompt + self.tail + self.reasoning + self.example.target
 
-    def answer_cols(self, pad: int) -> list[int]:
-        """Positions whose logits predict the answer tokens."""
-        start = len(self.prefix) + len(self.prompt) + len(self.tail) + len(self.reasoning) + self.example.answer_start
-        return [pad + t - 1 for t in range(start, len(self.ids))]
+    def answer_positions(self) -> list[int]:
+        """Suffix positions whose logits predict the answer tokens."""
+        start = len(self.prompt) + len(self.tail) + len(self.reasoning) + self.example.answer_start
+        return [t - 1 for t in range(start, len(self.suffix))]
 
-    def prompt_cols(self, pad: int) -> list[int]:
-        """Positions whose logits predict the prompt tokens."""
-        return [pad + len(self.prefix) + j - 1 for j in range(len(self.prompt))]
+    def prompt_positions(self) -> list[int]:
+        """Suffix positions whose logits predict the prompt tokens (-1: the prefix's last)."""
+        return [j - 1 for j in range(len(self.prompt))]
 
 
 class GreaterRun:
@@ -208,19 +213,27 @@ class GreaterRun:
         self.device = model.device
         head_text, tail_text = model.render([{"role": "user", "content": _SENTINEL}]).split(_SENTINEL)
         self.tail = self._segment(tail_text)
-        self.examples = [self._example(e, head_text) for e in data.train[: options.n_train]]
+        self.examples = [self._example(i, e, head_text) for i, e in enumerate(data.train[: options.n_train])]
         self.allowed = allowed_token_mask(self.tokenizer).to(self.device)
         self.placeholder = self._segment(PLACEHOLDER)[-1]
         self.drop_ids = set(model.eos_ids) | {model.pad_id}
         self.reasoning = GenerationParams(max_new_tokens=options.max_reasoning_tokens)
         self.rollout_memory: dict[str, list[tuple[int, ...]]] = {}
         self.phase_seconds: dict[str, float] = defaultdict(float)
+        # The question prefixes' key/value states, computed once and reused by every pass.
+        self.prefix_cache = None
+        if options.reuse_prefix_cache and prefix_cache_supported(self.net):
+            started = time.perf_counter()
+            self.prefix_cache = PrefixCache(model, [e.prefix for e in self.examples])
+            self.budget.forward_passes += len(self.examples)
+            self.budget.forward_tokens += sum(len(e.prefix) for e in self.examples)
+            self.phase_seconds["prefix_cache"] += time.perf_counter() - started
 
     # ---- tokens -------------------------------------------------------------------------
     def _segment(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _example(self, example, head_text: str) -> Example:
+    def _example(self, index: int, example, head_text: str) -> Example:
         prefix = self.model.encode(head_text + example.question + SLOT_SEPARATOR)
         extractor = EXTRACTOR_SEPARATOR + self.task.extractor
         encoded = self.tokenizer(extractor + self.task.target_text(example.gold), add_special_tokens=False,
@@ -228,23 +241,12 @@ class GreaterRun:
         answer_start = next((i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > len(extractor)), None)
         if answer_start is None:
             raise ValueError(f"{example.id}: the gold answer has no tokens after the extractor")
-        return Example(example.id, prefix, encoded["input_ids"], answer_start)
+        return Example(example.id, index, prefix, encoded["input_ids"], answer_start)
 
     def text(self, prompt: list[int]) -> str:
         return self.tokenizer.decode(prompt, skip_special_tokens=True).strip()
 
     # ---- batched model passes -----------------------------------------------------------
-    def _left_pad(self, sequences: list[list[int]]):
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.model.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            attention[row, width - len(seq):] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        pads = [width - len(s) for s in sequences]
-        return ids.to(self.device), attention.to(self.device), positions.to(self.device), pads
-
     def _logits_at(self, hidden: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
         """Logits only where a loss needs them (the LM head on a few positions)."""
         logits = self.head(hidden[rows, cols]).float()
@@ -252,21 +254,49 @@ class GreaterRun:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def _hidden(self, sequences, leaf_positions=None):
-        ids, attention, positions, pads = self._left_pad(sequences)
+    def _forward(self, rows: list[tuple[Example, list[int], list[int]]], leaf_positions=None):
+        """Hidden states of (example, prefix, suffix) rows; ``offsets[b] + p`` is suffix position p.
+
+        With the prefix cache (and the example's own prefix), only the suffixes run. A
+        leaf at suffix position ``leaf_positions[b]`` replaces that input embedding, so
+        the loss's gradient with respect to it can be taken.
+        """
+        prefixed = self.prefix_cache is not None and all(prefix is e.prefix for e, prefix, _ in rows)
+        if prefixed:
+            cache, prefix_mask, prefix_lengths = self.prefix_cache.assemble([e.index for e, _, _ in rows])
+            width = max(len(suffix) for _, _, suffix in rows)
+            ids = torch.full((len(rows), width), self.model.pad_id, dtype=torch.long, device=self.device)
+            suffix_mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+            for b, (_, _, suffix) in enumerate(rows):
+                ids[b, :len(suffix)] = torch.tensor(suffix, device=self.device)
+                suffix_mask[b, :len(suffix)] = 1
+            attention = torch.cat([prefix_mask, suffix_mask], dim=1)
+            positions = prefix_lengths[:, None] + torch.arange(width, device=self.device)[None, :]
+            offsets = [0] * len(rows)
+            self.budget.forward_tokens += sum(len(suffix) for _, _, suffix in rows)
+        else:
+            cache = None
+            ids, attention, positions, pads = self.model.left_pad([prefix + suffix for _, prefix, suffix in rows])
+            offsets = [pad + len(prefix) for pad, (_, prefix, _) in zip(pads, rows)]
+            self.budget.forward_tokens += sum(len(prefix) + len(suffix) for _, prefix, suffix in rows)
         embeds = self.embed(ids)  # the model's own embedding (with its scale, e.g. Gemma's sqrt(d))
         leaf = None
         if leaf_positions is not None:
-            rows = torch.arange(len(sequences), device=self.device)
-            cols = torch.tensor([p + c for p, c in zip(pads, leaf_positions)], device=self.device)
-            leaf = embeds[rows, cols].detach().clone().requires_grad_(True)
-            embeds = embeds.index_put((rows, cols), leaf)
-        hidden = self.net.base_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions).last_hidden_state
-        tokens = sum(len(s) for s in sequences)
-        self.budget.forward_tokens += tokens
-        if leaf is not None:
-            self.budget.backward_tokens += tokens
-        return hidden, pads, leaf
+            batch = torch.arange(len(rows), device=self.device)
+            cols = torch.tensor([o + p for o, p in zip(offsets, leaf_positions)], device=self.device)
+            leaf = embeds[batch, cols].detach().clone().requires_grad_(True)
+            embeds = embeds.index_put((batch, cols), leaf)
+            self.budget.backward_tokens += sum(len(suffix) + (0 if prefixed else len(prefix)) for _, prefix, suffix in rows)
+        hidden = self.net.base_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
+                                     past_key_values=cache, use_cache=cache is not None).last_hidden_state
+        return hidden, offsets, leaf, prefixed
+
+    def _row_logits(self, hidden, row: int, positions: list[int], offset: int, example: Example, prefixed: bool):
+        """Logits at suffix ``positions`` of one row; position -1 under the prefix cache is stored."""
+        if prefixed and positions and positions[0] < 0:
+            rest = self._logits_at(hidden, [row] * (len(positions) - 1), [offset + p for p in positions[1:]])
+            return torch.cat([self.prefix_cache.last_logits[example.index][None], rest])
+        return self._logits_at(hidden, [row] * len(positions), [offset + p for p in positions])
 
     # ---- rollouts ------------------------------------------------------------------------
     def rollouts(self, prompts: list[list[int]]) -> list[list[tuple[int, ...]]]:
@@ -277,8 +307,12 @@ class GreaterRun:
             for prompt in missing:
                 self.budget.charge_task_calls(prompt, [e.id for e in self.examples])
             before = self.model.meter.total
-            sequences = [e.prefix + list(p) + self.tail for p in missing for e in self.examples]
-            completions = self.model.complete_ids(sequences, self.reasoning)
+            if self.prefix_cache is not None:
+                rows = [(e.index, list(p) + self.tail) for p in missing for e in self.examples]
+                completions = self.model.complete_prefixed(self.prefix_cache, rows, self.reasoning)
+            else:
+                sequences = [e.prefix + list(p) + self.tail for p in missing for e in self.examples]
+                completions = self.model.complete_ids(sequences, self.reasoning)
             self.budget.task_usage = self.budget.task_usage + (self.model.meter.total - before)
             n = len(self.examples)
             for index, prompt in enumerate(missing):
@@ -289,14 +323,18 @@ class GreaterRun:
     # ---- 1. proposal ---------------------------------------------------------------------
     def propose(self, prompt: list[int], pos: int) -> tuple[list[int], int]:
         started = time.perf_counter()
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(self.examples), self.model.batch_size):
-                batch = [e.prefix + prompt[:pos] for e in self.examples[start:start + self.model.batch_size]]
-                hidden, _, _ = self._hidden(batch)
-                rows.append(self._logits_at(hidden, list(range(len(batch))), [hidden.shape[1] - 1] * len(batch)))
-        self.budget.forward_passes += len(self.examples)
-        log_probs = torch.log_softmax(torch.cat(rows), dim=-1)
+        if pos == 0 and self.prefix_cache is not None:
+            logits = self.prefix_cache.last_logits.clone()
+        else:
+            rows = []
+            with torch.inference_mode():
+                for start in range(0, len(self.examples), self.model.batch_size):
+                    batch = [(e, e.prefix, prompt[:pos]) for e in self.examples[start:start + self.model.batch_size]]
+                    hidden, offsets, _, prefixed = self._forward(batch)
+                    rows += [self._row_logits(hidden, b, [pos - 1], offsets[b], e, prefixed) for b, (e, _, _) in enumerate(batch)]
+            self.budget.forward_passes += len(self.examples)
+            logits = torch.cat(rows)
+        log_probs = torch.log_softmax(logits, dim=-1)
         log_probs[:, ~self.allowed] = -math.inf
         if pos > 0:
             log_probs[:, prompt[pos - 1]] = -math.inf  # never repeat the previous token
@@ -308,8 +346,8 @@ class GreaterRun:
         return candidates, k
 
     # ---- 3-4. gradient through the embedding row -------------------------------------------
-    def _scored(self, example: Example, prompt, reasoning) -> Scored:
-        if self.o.scoring_context == "reference":  # bug 9: every EOS/pad id dropped from the context
+    def _scored(self, example: Example, prompt, reasoning, context: str = "clean") -> Scored:
+        if context == "reference":  # bug 9: every EOS/pad id dropped from the context
             keep = lambda ids: [t for t in ids if t not in self.drop_ids]  # noqa: E731
             return Scored(keep(example.prefix), list(prompt), keep(self.tail), list(reasoning), example)
         return Scored(example.prefix, list(prompt), self.tail, list(reasoning), example)
@@ -319,11 +357,12 @@ class GreaterRun:
         started = time.perf_counter()
         total = torch.zeros(self.embed.weight.shape[1], dtype=torch.float32, device=self.device)
         for start in range(0, len(self.examples), self.o.grad_batch_size):
-            batch = [Scored(e.prefix, list(prompt), self.tail, list(r), e)
-                     for e, r in zip(self.examples[start:start + self.o.grad_batch_size], reasoning[start:])]
+            batch = [self._scored(e, prompt, r) for e, r in
+                     zip(self.examples[start:start + self.o.grad_batch_size], reasoning[start:])]
             with torch.enable_grad():
-                hidden, pads, leaf = self._hidden([b.ids for b in batch], [len(b.prefix) + pos for b in batch])
-                loss = self._loss(hidden, batch, pads)["objective"].sum()
+                hidden, offsets, leaf, prefixed = self._forward([(b.example, b.prefix, b.suffix) for b in batch],
+                                                                [pos] * len(batch))
+                loss = self._loss(hidden, batch, offsets, prefixed)["objective"].sum()
                 (gradient,) = torch.autograd.grad(loss, leaf)
             total += gradient.float().sum(dim=0)
         self.budget.forward_passes += len(self.examples)
@@ -333,13 +372,14 @@ class GreaterRun:
         self.phase_seconds["gradient"] += time.perf_counter() - started
         return rows @ total
 
-    def _loss(self, hidden, batch: list[Scored], pads, ppl_targets=None) -> dict:
+    def _loss(self, hidden, batch: list[Scored], offsets, prefixed: bool, ppl_targets=None) -> dict:
         """Per example: answer CE (logits / temperature), prompt NLL, teacher-forced mistake."""
         answer_ce, nll, wrong = [], [], []
-        for row, (scored, pad) in enumerate(zip(batch, pads)):
-            answer_cols, prompt_cols = scored.answer_cols(pad), scored.prompt_cols(pad)
-            logits = self._logits_at(hidden, [row] * (len(answer_cols) + len(prompt_cols)), answer_cols + prompt_cols)
-            answer_logits, prompt_logits = logits[: len(answer_cols)], logits[len(answer_cols):]
+        for row, (scored, offset) in enumerate(zip(batch, offsets)):
+            answer_positions = scored.answer_positions()
+            logits = self._row_logits(hidden, row, scored.prompt_positions() + answer_positions, offset,
+                                      scored.example, prefixed)
+            prompt_logits, answer_logits = logits[: len(scored.prompt)], logits[len(scored.prompt):]
             gold = torch.tensor(scored.example.target[scored.example.answer_start:], device=self.device)
             targets = torch.tensor(ppl_targets if ppl_targets is not None else scored.prompt, device=self.device)
             answer_ce.append(torch.nn.functional.cross_entropy(answer_logits / self.o.temperature, gold))
@@ -360,10 +400,10 @@ class GreaterRun:
                 ppl_targets = previous if self.o.ppl_targets == "previous" and len(previous) == len(prompt) else None
                 wrong, nll, answer_ce = [], [], []
                 for start in range(0, len(self.examples), self.model.batch_size):
-                    batch = [self._scored(e, prompt, r) for e, r in
+                    batch = [self._scored(e, prompt, r, self.o.scoring_context) for e, r in
                              zip(self.examples[start:start + self.model.batch_size], reasoning[start:])]
-                    hidden, pads, _ = self._hidden([b.ids for b in batch])
-                    parts = self._loss(hidden, batch, pads, ppl_targets)
+                    hidden, offsets, _, prefixed = self._forward([(b.example, b.prefix, b.suffix) for b in batch])
+                    parts = self._loss(hidden, batch, offsets, prefixed, ppl_targets)
                     wrong += parts["wrong"]
                     nll += parts["nll"].tolist()
                     answer_ce += parts["answer_ce"].tolist()

@@ -157,3 +157,22 @@ def test_token_ids_survive_the_disk_cache(tmp_path):
     first = model.complete_ids([[1, 5, 9, 12]], GenerationParams(max_new_tokens=5))
     again = model.complete_ids([[1, 5, 9, 12]], GenerationParams(max_new_tokens=5))
     assert again[0].cached and again[0].token_ids == first[0].token_ids and isinstance(again[0].token_ids, tuple)
+
+
+def test_prefix_cache_generation_equals_full_sequences():
+    from model_engine.prefix_cache import PrefixCache, supports
+
+    model = tiny_local_model(batch_size=3)
+    assert supports(model.model)
+    prefixes = [model.encode(model.render([{"role": "user", "content": p}]))[:-2] for p in PROMPTS]
+    suffixes = [[5, 9], [7], [11, 12, 13], [5, 9], [20, 21]]
+    prefix_cache = PrefixCache(model, prefixes)
+    params = GenerationParams(max_new_tokens=8)
+    full = model._generate_encoded([p + s for p, s in zip(prefixes, suffixes)], params)
+    reused = model.complete_prefixed(prefix_cache, list(enumerate(suffixes)), params)
+    assert [c.token_ids for c in reused] == [c.token_ids for c in full]
+    assert [c.prompt_tokens for c in reused] == [len(p) + len(s) for p, s in zip(prefixes, suffixes)]
+    with torch.inference_mode():  # the stored last-position logits predict the first suffix token
+        ids = torch.tensor([prefixes[2]])
+        expected = model.model(input_ids=ids).logits[0, -1].float()
+    assert torch.allclose(prefix_cache.last_logits[2], expected, atol=1e-4)

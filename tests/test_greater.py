@@ -46,7 +46,7 @@ def _explicit_one_hot_gradient(run, prompt, pos, candidates, reasoning, embeddin
     total = torch.zeros(len(candidates))
     for example, r in zip(run.examples, reasoning):
         scored = Scored(example.prefix, list(prompt), run.tail, list(r), example)
-        ids = torch.tensor([scored.ids])
+        ids = torch.tensor([scored.prefix + scored.suffix])
         one_hot = torch.zeros(len(candidates))
         one_hot[candidates.index(prompt[pos])] = 1.0
         one_hot.requires_grad_(True)
@@ -56,7 +56,7 @@ def _explicit_one_hot_gradient(run, prompt, pos, candidates, reasoning, embeddin
         embeds = torch.cat([embeds[:, :at], row[None, None], embeds[:, at + 1:]], dim=1)
         hidden = run.net.base_model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
                                     position_ids=torch.arange(ids.shape[1])[None]).last_hidden_state
-        loss = run._loss(hidden, [scored], [0])["objective"].sum()
+        loss = run._loss(hidden, [scored], [len(example.prefix)], False)["objective"].sum()
         total += torch.autograd.grad(loss, one_hot)[0]
     return total
 
@@ -200,3 +200,19 @@ def test_checkpoint_with_other_options_is_refused(tmp_path):
     get_optimizer("greater")(**SMALL).optimize(data, tiny_local_model(), Budget(None), random.Random(0), checkpoint)
     with pytest.raises(OptionError, match="written with other options"):
         get_optimizer("greater")(**{**SMALL, "topk": 6}).optimize(data, tiny_local_model(), Budget(None), random.Random(0), checkpoint)
+
+
+def test_prefix_cache_changes_speed_not_results():
+    data = tasks.load_task_data("navigate")
+    runs = []
+    for reuse in (True, False):
+        result = get_optimizer("greater")(**SMALL, reuse_prefix_cache=reuse).optimize(
+            data, tiny_local_model(), Budget(None), random.Random(0), Checkpoint(None)
+        )
+        runs.append(result)
+    with_cache, without = runs
+    assert [r["prompt"] for r in with_cache["trajectory"]] == [r["prompt"] for r in without["trajectory"]]
+    for a, b in zip(with_cache["trajectory"], without["trajectory"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert with_cache["budget"]["task_calls"] == without["budget"]["task_calls"]
+    assert with_cache["budget"]["forward_tokens"] < without["budget"]["forward_tokens"]
