@@ -63,14 +63,27 @@ def _optimize(args) -> None:
     except json.JSONDecodeError as error:
         raise SystemExit(f"error: --options is not valid JSON: {error}") from None
     optimizer = get_optimizer(args.optimizer)(**options)  # bad options fail here, before any load
+    if args.optimizer_endpoint and not args.optimizer_endpoint_model:
+        raise SystemExit("error: --optimizer-endpoint needs --optimizer-endpoint-model")
     data = tasks.load_task_data(args.task, data_root=args.data_root, split_file=args.split_file)
     cache = GenerationCache(Path(args.cache_dir or ".cache") / "generations.sqlite")
     model = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
                        generation_cache=cache, batch_size=args.batch_size, threads=args.threads)
+    optimizer_model = None  # the task model optimizes its own prompts (self-optimization)
+    if args.optimizer_endpoint:
+        from model_engine.endpoint import EndpointModel
+
+        optimizer_model = EndpointModel(args.optimizer_endpoint, args.optimizer_endpoint_model,
+                                        api_key_env=args.optimizer_api_key_env, cache=cache)
+        optimizer_model.check()  # fail now, not after hours of work
     checkpoint = Checkpoint(args.checkpoint or f"{args.output}.checkpoint.json")
-    result = optimizer.optimize(data, model, Budget(args.max_task_calls), random.Random(args.seed), checkpoint, seed=args.seed)
+    budget = Budget(args.max_task_calls, args.max_optimizer_calls)
+    result = optimizer.optimize(data, model, budget, random.Random(args.seed), checkpoint, seed=args.seed,
+                                optimizer_model=optimizer_model)
     result["provenance"]["config"] = {"options": options, "max_task_calls": args.max_task_calls,
-                                      "split_file": args.split_file, "dtype": args.dtype, "device": args.device}
+                                      "max_optimizer_calls": args.max_optimizer_calls, "split_file": args.split_file,
+                                      "dtype": args.dtype, "device": args.device,
+                                      "optimizer_endpoint": args.optimizer_endpoint}
     write_result(args.output, result)
     if checkpoint.path.exists():
         checkpoint.path.unlink()  # the result is written; a rerun starts afresh
@@ -101,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--output", required=True, help="the result JSON (results/prompts/{task}/{model}/{optimizer}.json)")
     optimize.add_argument("--options", default="{}", help="optimizer options as a JSON object")
     optimize.add_argument("--max-task-calls", type=int, default=None, help="budget in task calls (default: none)")
+    optimize.add_argument("--max-optimizer-calls", type=int, default=None, help="cap on optimizer-LLM completions")
+    optimize.add_argument("--optimizer-endpoint", default=None,
+                          help="OpenAI-compatible base URL of the optimizer LLM (default: the task model itself)")
+    optimize.add_argument("--optimizer-endpoint-model", default=None, help="model name at that endpoint")
+    optimize.add_argument("--optimizer-api-key-env", default=None, help="environment variable holding its API key")
     optimize.add_argument("--seed", type=int, default=0)
     optimize.add_argument("--split-file", default=None, help="split id lists (prompt-suite write-splits)")
     optimize.add_argument("--data-root", default=None)

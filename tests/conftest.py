@@ -9,6 +9,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -86,3 +92,39 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def transformers_server(model_path: str, workdir):
+    """``transformers serve`` (a real OpenAI-compatible server) serving a local model on 127.0.0.1.
+
+    Yields (process, base URL, model name); the server is stopped on exit.
+    """
+    port = free_port()
+    log = open(Path(workdir) / "server.log", "w+")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(Path(workdir) / "hub"))
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", model_path,
+               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"transformers serve exited early:\n{log.read()[-3000:]}")
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("transformers serve did not come up within 180 s")
+                time.sleep(1)
+        yield process, url + "/v1", model_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

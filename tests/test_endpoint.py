@@ -1,19 +1,14 @@
 """The OpenAI-compatible backend: a real server on loopback, and servers that misbehave."""
 
 import json
-import os
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from model_engine import GenerationCache, GenerationParams
 from model_engine.endpoint import EndpointModel
 from suite_errors import EndpointError
-from tests.conftest import free_port
+from tests.conftest import free_port, transformers_server
 from tests.loopback import serve
 
 FAST = {"timeout_s": 2.0, "max_retries": 2, "backoff_s": 0.05}
@@ -89,31 +84,8 @@ def test_missing_api_key_variable_is_named(monkeypatch):
 
 @pytest.fixture(scope="module")
 def real_server(smollm2, tmp_path_factory):
-    """``transformers serve`` (a real OpenAI-compatible server) serving SmolLM2 on 127.0.0.1."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path_factory.mktemp("hub")))
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", smollm2.prepared.path,
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"transformers serve exited early:\n{log.read()[-3000:]}")
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        process.kill()
-        pytest.fail("transformers serve did not come up within 180 s")
-    yield process, url + "/v1", smollm2.prepared.path
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    with transformers_server(smollm2.prepared.path, tmp_path_factory.mktemp("server")) as server:
+        yield server
 
 
 @pytest.mark.server
