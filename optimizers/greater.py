@@ -356,9 +356,10 @@ class GreaterRun:
         """d loss / d one-hot at ``pos``, for each candidate: <embedding row, d loss / d input embedding>."""
         started = time.perf_counter()
         total = torch.zeros(self.embed.weight.shape[1], dtype=torch.float32, device=self.device)
-        for start in range(0, len(self.examples), self.o.grad_batch_size):
-            batch = [self._scored(e, prompt, r) for e, r in
-                     zip(self.examples[start:start + self.o.grad_batch_size], reasoning[start:])]
+        # Micro-batches of similar length carry little padding.
+        order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].prefix) + len(reasoning[i]))
+        for start in range(0, len(order), self.o.grad_batch_size):
+            batch = [self._scored(self.examples[i], prompt, reasoning[i]) for i in order[start:start + self.o.grad_batch_size]]
             with torch.enable_grad():
                 hidden, offsets, leaf, prefixed = self._forward([(b.example, b.prefix, b.suffix) for b in batch],
                                                                 [pos] * len(batch))
@@ -393,24 +394,30 @@ class GreaterRun:
         """Training error + 0.02 x prompt NLL of each prompt, on fresh rollouts."""
         all_reasoning = self.rollouts(prompts)
         started = time.perf_counter()
-        results = []
+        # Every (prompt, example) row in one pool, sorted by length so batches carry little padding.
+        rows = [(p, self._scored(e, prompt, r, self.o.scoring_context))
+                for p, (prompt, reasoning) in enumerate(zip(prompts, all_reasoning))
+                for e, r in zip(self.examples, reasoning)]
+        rows.sort(key=lambda row: len(row[1].prefix) + len(row[1].suffix))
+        per_prompt = [{"wrong": [], "nll": [], "answer_ce": []} for _ in prompts]
         with torch.inference_mode():
-            for prompt, reasoning in zip(prompts, all_reasoning):
-                # reference bug 11: NLL of the old prompt's ids under the candidate
-                ppl_targets = previous if self.o.ppl_targets == "previous" and len(previous) == len(prompt) else None
-                wrong, nll, answer_ce = [], [], []
-                for start in range(0, len(self.examples), self.model.batch_size):
-                    batch = [self._scored(e, prompt, r, self.o.scoring_context) for e, r in
-                             zip(self.examples[start:start + self.model.batch_size], reasoning[start:])]
-                    hidden, offsets, _, prefixed = self._forward([(b.example, b.prefix, b.suffix) for b in batch])
-                    parts = self._loss(hidden, batch, offsets, prefixed, ppl_targets)
-                    wrong += parts["wrong"]
-                    nll += parts["nll"].tolist()
-                    answer_ce += parts["answer_ce"].tolist()
-                error, mean_nll = sum(wrong) / len(wrong), sum(nll) / len(nll)
-                results.append({"prompt": list(prompt), "train_error": error, "perplexity": mean_nll,
-                                "answer_loss": sum(answer_ce) / len(answer_ce),
-                                "objective": error + self.o.selection_perplexity_weight * mean_nll})
+            for start in range(0, len(rows), self.model.batch_size):
+                chunk = rows[start:start + self.model.batch_size]
+                batch = [scored for _, scored in chunk]
+                hidden, offsets, _, prefixed = self._forward([(b.example, b.prefix, b.suffix) for b in batch])
+                for row, (p, scored) in enumerate(chunk):
+                    # reference bug 11: NLL of the old prompt's ids under the candidate
+                    targets = previous if self.o.ppl_targets == "previous" and len(previous) == len(prompts[p]) else None
+                    parts = self._loss(hidden[row:row + 1], [scored], offsets[row:row + 1], prefixed, targets)
+                    per_prompt[p]["wrong"] += parts["wrong"]
+                    per_prompt[p]["nll"] += parts["nll"].tolist()
+                    per_prompt[p]["answer_ce"] += parts["answer_ce"].tolist()
+        results = []
+        for prompt, parts in zip(prompts, per_prompt):
+            error, mean_nll = sum(parts["wrong"]) / len(parts["wrong"]), sum(parts["nll"]) / len(parts["nll"])
+            results.append({"prompt": list(prompt), "train_error": error, "perplexity": mean_nll,
+                            "answer_loss": sum(parts["answer_ce"]) / len(parts["answer_ce"]),
+                            "objective": error + self.o.selection_perplexity_weight * mean_nll})
         self.budget.forward_passes += len(prompts) * len(self.examples)
         self.phase_seconds["evaluation"] += time.perf_counter() - started
         return results
