@@ -81,6 +81,8 @@ class GreaterOptions:
     n_dev: int | None = None
     #: examples per forward/backward micro-batch of the gradient
     grad_batch_size: int = 8
+    #: sequences per teacher-forced scoring batch (sorted by length, so little padding)
+    score_batch_size: int = 16
     #: "always" (reference: the best candidate replaces the token) or "improvement"
     accept: str = "always"
     #: reference rule: a candidate containing "." in the second half of the prompt wins at once
@@ -94,7 +96,8 @@ class GreaterOptions:
 
     def __post_init__(self):
         positive = ("n_train", "steps", "topk", "topq", "examples_per_group", "min_candidates",
-                    "candidates_per_step", "max_reasoning_tokens", "final_candidates", "grad_batch_size")
+                    "candidates_per_step", "max_reasoning_tokens", "final_candidates", "grad_batch_size",
+                    "score_batch_size")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -401,8 +404,8 @@ class GreaterRun:
         rows.sort(key=lambda row: len(row[1].prefix) + len(row[1].suffix))
         per_prompt = [{"wrong": [], "nll": [], "answer_ce": []} for _ in prompts]
         with torch.inference_mode():
-            for start in range(0, len(rows), self.model.batch_size):
-                chunk = rows[start:start + self.model.batch_size]
+            for start in range(0, len(rows), self.o.score_batch_size):
+                chunk = rows[start:start + self.o.score_batch_size]
                 batch = [scored for _, scored in chunk]
                 hidden, offsets, _, prefixed = self._forward([(b.example, b.prefix, b.suffix) for b in batch])
                 for row, (p, scored) in enumerate(chunk):
