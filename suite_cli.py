@@ -28,6 +28,16 @@ def _list_models(args) -> None:
         print(f"{name:22s} {spec.hf_id:40s} offline: {offline}")
 
 
+def _list_optimizers(args) -> None:
+    import dataclasses
+
+    from optimizers.base import get_optimizer, optimizer_names
+
+    for name in optimizer_names():
+        options = ", ".join(f.name for f in dataclasses.fields(get_optimizer(name).Options))
+        print(f"{name:14s} options: {options}")
+
+
 def _prepare_model(args) -> None:
     from dataclasses import asdict
 
@@ -90,6 +100,72 @@ def _optimize(args) -> None:
     print(f"wrote {args.output}: {result['prompt']!r}")
 
 
+def _evaluate(args) -> None:
+    from evaluation.run import build_lm, evaluate_prompt_files
+
+    if args.backend == "endpoint" and not (args.endpoint and args.endpoint_model):
+        raise SystemExit("error: --backend endpoint needs --endpoint and --endpoint-model")
+    for path in args.prompt_files:  # fail on a bad prompt file before the model loads
+        from evaluation.run import read_prompt_file
+
+        read_prompt_file(path)
+    endpoint = {"base_url": args.endpoint, "model": args.endpoint_model} if args.backend == "endpoint" else None
+    lm = build_lm(args.backend, args.target, args.cache_dir, args.dtype, args.device, args.batch_size, endpoint)
+    if endpoint:
+        description = {"backend": "endpoint", **endpoint}
+    else:
+        from dataclasses import asdict
+
+        from model_engine.registry import get_model_spec
+        from model_engine.sources import prepare
+
+        description = {"backend": args.backend, "name": args.target, "dtype": args.dtype,
+                       **asdict(prepare(get_model_spec(args.target), args.cache_dir))}
+    workdir = args.workdir or str(Path(args.output_dir) / args.task / f".lmeval-{args.target}")
+    written = evaluate_prompt_files(args.task, args.target, args.prompt_files, args.output_dir, workdir, lm, description,
+                                    split_file=args.split_file, data_root=args.data_root, limit=args.limit,
+                                    max_reasoning_tokens=args.max_reasoning_tokens)
+    print(f"wrote {len(written)} evaluation files")
+
+
+def _report(args) -> None:
+    from evaluation.report import build_report
+
+    for path in build_report(args.eval_files, args.prompt_files, args.tables_dir, args.plots_dir):
+        print(f"wrote {path}")
+
+
+def _manual_prompt(args) -> None:
+    import hashlib
+
+    import yaml
+
+    import tasks
+    from model_engine.provenance import environment
+    from optimizers.base import write_result
+
+    task = tasks.get_task(args.task)
+    try:
+        prompts = yaml.safe_load(Path(args.prompts).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise SystemExit(f"error: cannot read manual prompts {args.prompts}: {error}") from None
+    prompt = prompts.get(task.name, prompts.get("default"))
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise SystemExit(f"error: {args.prompts} has no prompt for task {task.name!r} and no 'default' prompt")
+    record = {
+        "optimizer": "manual", "task": task.name, "model": args.model, "prompt": prompt.strip(),
+        "initial_prompt": prompt.strip(), "trajectory": [{"step": 0, "prompt": prompt.strip(), "task_calls": 0}],
+        "stopped": "fixed",
+        "budget": {"task_calls": 0, "optimizer_calls": 0, "task_model": {}, "optimizer_model": {}},
+        "provenance": {"seed": 0, "model": {"name": args.model, "checksum": "none: hand-written prompt"},
+                       "prompts_file": args.prompts,
+                       "prompts_file_sha256": hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest(),
+                       "environment": environment()},
+    }
+    write_result(args.output, record)
+    print(f"wrote {args.output}: {record['prompt']!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-suite", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +205,38 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--batch-size", type=int, default=64, help="generation batch size")
     optimize.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     optimize.set_defaults(run=_optimize)
+    evaluate = commands.add_parser("evaluate", help="evaluate optimized prompts on a target model (lm-eval, test split)")
+    evaluate.add_argument("task")
+    evaluate.add_argument("target", help="target model name (for the endpoint backend: a label)")
+    evaluate.add_argument("--prompt-files", nargs="+", required=True, help="results/prompts/{task}/{model}/{optimizer}.json")
+    evaluate.add_argument("--output-dir", default="results/eval")
+    evaluate.add_argument("--workdir", default=None, help="where lm-eval task YAMLs and documents are written")
+    evaluate.add_argument("--split-file", default=None)
+    evaluate.add_argument("--data-root", default=None)
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N test rows")
+    evaluate.add_argument("--max-reasoning-tokens", type=int, default=512)
+    evaluate.add_argument("--backend", default="hf", choices=["hf", "vllm", "endpoint"],
+                          help="lm-eval model type: hf, vllm, or local-chat-completions (endpoint)")
+    evaluate.add_argument("--endpoint", default=None, help="OpenAI-compatible base URL (backend endpoint)")
+    evaluate.add_argument("--endpoint-model", default=None)
+    evaluate.add_argument("--cache-dir", default=None)
+    evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.set_defaults(run=_evaluate)
+    report = commands.add_parser("report", help="tables (CSV, Markdown, LaTeX) and plots from evaluation files")
+    report.add_argument("--eval-files", nargs="+", required=True)
+    report.add_argument("--prompt-files", nargs="+", required=True)
+    report.add_argument("--tables-dir", default="results/tables")
+    report.add_argument("--plots-dir", default="results/plots")
+    report.set_defaults(run=_report)
+    manual = commands.add_parser("manual-prompt", help="the prompt contract from hand-written prompts (an external method)")
+    manual.add_argument("task")
+    manual.add_argument("model")
+    manual.add_argument("prompts", help="YAML: task name (or 'default') -> prompt")
+    manual.add_argument("--output", required=True)
+    manual.set_defaults(run=_manual_prompt)
+    commands.add_parser("optimizers", help="list the registered optimizers").set_defaults(run=_list_optimizers)
     return parser
 
 

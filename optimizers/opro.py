@@ -29,6 +29,8 @@ class OPROOptions:
     #: instructions scoring below this training accuracy (0-1) are not shown
     score_threshold: float = 0.0
     initial_prompt: str = "Let's solve the problem."
+    #: train rows instructions are scored on (None: the whole train split, as in the reference)
+    n_train: int | None = None
     final_candidates: int = 5
     max_reasoning_tokens: int = 512
     n_dev: int | None = None
@@ -38,6 +40,8 @@ class OPROOptions:
                      "final_candidates", "max_reasoning_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_train is not None and self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1 or null, got {self.n_train}")
         if not 0 <= self.score_threshold <= 1:
             raise ValueError(f"score_threshold must be within [0, 1], got {self.score_threshold}")
 
@@ -79,7 +83,8 @@ class OPRORun(TextRun):
         return not (self.task.name == "gsm8k" and any(ch.isdigit() for ch in prompt))  # no leaked answers
 
     def run(self) -> dict:
-        train, reserve = self.data.train, self.dev_reserve(self.o.final_candidates)
+        train = self.data.train[: self.o.n_train] if self.o.n_train else self.data.train
+        reserve = self.dev_reserve(self.o.final_candidates)
         state = self.resume()
         if state is None:
             if not self.budget.can_afford(self.cost(self.o.initial_prompt, train) + reserve):

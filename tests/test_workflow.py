@@ -23,13 +23,16 @@ def _dry_run(*args, cwd=ROOT):
 def test_every_config_plans(config):
     result = _dry_run("--configfile", f"config/{config}")
     assert result.returncode == 0, result.output[-2000:]
-    assert "write_splits" in result.output and "prepare_model" in result.output
+    for rule in ("write_splits", "prepare_model", "optimize", "evaluate", "report"):
+        assert rule in result.output
 
 
 def test_paper_config_plans_the_whole_grid():
     result = _dry_run("--configfile", "config/paper.yaml")
     assert result.returncode == 0
     assert re.search(r"write_splits\s+23\b", result.output), result.output  # 21 BBH tasks + GSM8K + FOLIO
+    assert re.search(r"optimize\s+276\b", result.output)  # 23 tasks x 2 models x 6 methods
+    assert re.search(r"evaluate\s+46\b", result.output)  # 23 tasks x 2 target models
 
 
 def _bad_config(tmp_path, text):
@@ -39,17 +42,36 @@ def _bad_config(tmp_path, text):
 
 
 def test_unknown_task_in_config_is_named_with_suggestion(tmp_path):
-    result = _bad_config(tmp_path, "tasks: [navigat]\nmodels: [smollm2-135m]\n")
+    result = _bad_config(tmp_path, "tasks: [navigat]\nmodels: [smollm2-135m]\noptimizers: {zero_shot_cot: {}}\n")
     assert result.returncode != 0
     assert "Unknown task 'navigat'" in result.output and "Did you mean 'navigate'" in result.output
 
 
 def test_unknown_model_in_config_is_named(tmp_path):
-    result = _bad_config(tmp_path, "tasks: [navigate]\nmodels: [gpt-5]\n")
+    result = _bad_config(tmp_path, "tasks: [navigate]\nmodels: [gpt-5]\noptimizers: {zero_shot_cot: {}}\n")
     assert result.returncode != 0 and "Unknown model 'gpt-5'" in result.output
 
 
 def test_type_error_names_the_key(tmp_path):
-    result = _bad_config(tmp_path, "tasks: navigate\nmodels: [smollm2-135m]\n")
+    result = _bad_config(tmp_path, "tasks: navigate\nmodels: [smollm2-135m]\noptimizers: {zero_shot_cot: {}}\n")
     assert result.returncode != 0
     assert "tasks" in result.output and "is not of type 'array'" in result.output
+
+
+def test_unknown_optimizer_and_bad_option_are_named(tmp_path):
+    result = _bad_config(tmp_path, "tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {gretaer: {}}\n")
+    assert result.returncode != 0 and "Unknown optimizer 'gretaer'. Did you mean 'greater'" in result.output
+    result = _bad_config(tmp_path, "tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {opro: {stepz: 3}}\n")
+    assert result.returncode != 0 and "Unknown option(s) stepz for opro" in result.output
+
+
+def test_a_given_config_is_not_merged_with_the_default(tmp_path):
+    config = "tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {zero_shot_cot: {}}\n"
+    result = _bad_config(tmp_path, config)
+    assert result.returncode == 0, result.output
+    assert re.search(r"optimize\s+1\b", result.output) and "qwen" not in result.output
+
+
+def test_lint_is_clean():
+    result = subprocess.run([SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr

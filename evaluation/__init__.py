@@ -1,0 +1,1 @@
+"""Evaluation of optimized prompts on the test split, through lm-evaluation-harness."""

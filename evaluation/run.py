@@ -1,0 +1,107 @@
+"""One evaluation job: every optimized prompt of a task, on one target model, test split only.
+
+Same-model cells (the prompt was optimized on the target) and transfer cells (optimized
+on another model) come from the same job. Each prompt file
+``results/prompts/{task}/{source}/{optimizer}.json`` gives
+``{output_dir}/{task}/{source}/{optimizer}/{target}.json`` (accuracy, n, stderr, parse
+rate, provenance) and a ``.samples.jsonl`` beside it with every test row's reasoning,
+continuation, parsed answer and verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from evaluation.lmeval import PromptCell, evaluate_cells
+from model_engine.provenance import environment, write_json_atomic
+from optimizers.base import validate_result
+from suite_errors import SuiteError
+from tasks import get_task
+from tasks.heldout import load_test_examples
+
+
+def output_path(output_dir: str | Path, record: dict, target: str) -> Path:
+    return Path(output_dir) / record["task"] / record["model"] / record["optimizer"] / f"{target}.json"
+
+
+def read_prompt_file(path: str | Path) -> dict:
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SuiteError(f"Cannot read prompt file {path}: {error}") from None
+    try:
+        validate_result(record)
+    except Exception as error:  # jsonschema's ValidationError: say which file breaks the contract
+        raise SuiteError(f"Prompt file {path} does not follow the prompt contract: {error}") from None
+    return record
+
+
+def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", device: str = "cpu",
+             batch_size: int = 16, endpoint: dict | None = None):
+    """An lm-eval model instance of lm-eval's own types, loaded once for the whole job."""
+    if backend == "endpoint":
+        from lm_eval.models.openai_completions import LocalChatCompletion
+
+        return LocalChatCompletion(base_url=endpoint["base_url"].rstrip("/") + "/chat/completions",
+                                   model=endpoint["model"], tokenized_requests=False, num_concurrent=1,
+                                   max_retries=endpoint.get("max_retries", 3), timeout=endpoint.get("timeout_s", 300))
+    from model_engine.registry import get_model_spec
+    from model_engine.sources import prepare
+
+    prepared = prepare(get_model_spec(target), cache_dir)
+    if backend == "vllm":
+        from lm_eval.models.vllm_causallms import VLLM
+
+        return VLLM(pretrained=prepared.path, dtype=dtype, batch_size="auto")
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=prepared.path, dtype=dtype, device=device, batch_size=batch_size)
+
+
+def evaluate_prompt_files(task_name: str, target: str, prompt_files: list[str], output_dir: str, workdir: str,
+                          lm, target_description: dict, split_file=None, data_root=None, limit: int | None = None,
+                          max_reasoning_tokens: int = 512) -> list[Path]:
+    task = get_task(task_name)
+    records = {str(path): read_prompt_file(path) for path in prompt_files}
+    for path, record in records.items():
+        if record["task"] != task.name:
+            raise SuiteError(f"Prompt file {path} is for task {record['task']!r}, not {task.name!r}")
+    examples = load_test_examples(task, data_root=data_root, split_file=split_file)
+    if limit:
+        examples = examples[:limit]
+    cells = {f"{r['model']}__{r['optimizer']}": (path, r) for path, r in records.items()}
+    print(f"[evaluate] {task.name} on {target}: {len(cells)} prompts x {len(examples)} test rows", flush=True)
+    results = evaluate_cells(lm, task, examples, [PromptCell(name, r["prompt"]) for name, (_, r) in cells.items()],
+                             Path(workdir), max_reasoning_tokens)
+    written = []
+    for name, (path, record) in cells.items():
+        result = results[name]
+        out = output_path(output_dir, record, target)
+        samples_path = out.with_suffix(".samples.jsonl")
+        samples_path.parent.mkdir(parents=True, exist_ok=True)
+        samples_path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in result.pop("samples")))
+        write_json_atomic(out, {
+            "task": task.name,
+            "source_model": record["model"],
+            "optimizer": record["optimizer"],
+            "target_model": target,
+            "transfer": record["model"] != target,
+            "prompt": record["prompt"],
+            **result,
+            "samples_file": samples_path.name,
+            "provenance": {
+                "prompt_file": path,
+                "prompt_file_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+                "target": target_description,
+                "split_file": str(split_file) if split_file else None,
+                "max_reasoning_tokens": max_reasoning_tokens,
+                "limit": limit,
+                "environment": environment(),
+            },
+        })
+        print(f"[evaluate] {record['model']}/{record['optimizer']} -> {target}: accuracy {result['accuracy']:.3f} "
+              f"(n={result['n']}, parse rate {result['parse_rate']:.2f})", flush=True)
+        written.append(out)
+    return written

@@ -1,0 +1,89 @@
+"""Evaluation through lm-eval (two passes, the suite's parser as a filter) and the report."""
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import tasks
+from evaluation.lmeval import PromptCell, evaluate_cells
+from evaluation.lmeval_filters import answer_after_extractor, answer_in_reasoning
+from evaluation.report import build_report, trajectory_accuracy
+from tasks.heldout import load_test_examples
+from tests.conftest import tiny_local_model
+
+
+def test_filters_use_the_suite_parser():
+    docs = [{"task": "navigate", "reasoning": "so the answer is No."}, {"task": "navigate", "reasoning": "hmm"}]
+    assert answer_after_extractor([["Yes"], ["1."]], docs) == [["Yes"], ["[invalid]"]]
+    assert answer_after_extractor([["1."], ["No"]], docs) == [["No"], ["No"]]
+    assert answer_in_reasoning([["We are back, so the answer is Yes."]], docs[:1]) == [["Yes"]]
+
+
+def test_two_pass_lm_eval_run_on_a_tiny_model(tmp_path):
+    from lm_eval.models.huggingface import HFLM
+
+    model = tiny_local_model()
+    lm = HFLM(pretrained=model.model, tokenizer=model.tokenizer, batch_size=4, device="cpu")
+    task = tasks.get_task("navigate")
+    examples = load_test_examples("navigate")[:3]
+    cells = [PromptCell("tiny__zero_shot_cot", "Let's think step by step."), PromptCell("tiny__manual", "Be careful.")]
+    results = evaluate_cells(lm, task, examples, cells, tmp_path, max_reasoning_tokens=4)
+    assert set(results) == {c.name for c in cells}
+    for result in results.values():
+        assert result["n"] == 3 and 0 <= result["accuracy"] <= 1 and 0 <= result["parse_rate"] <= 1
+        assert [s["id"] for s in result["samples"]] == [e.id for e in examples]
+        assert all(s["gold"] in ("Yes", "No") for s in result["samples"])
+    config = (tmp_path / "suite_answer_navigate_tiny__manual.yaml").read_text()
+    assert re.search(r"filter_fn: !function '?suite_filters.answer_after_extractor", config)
+    assert "gen_prefix: answer_prefix" in config
+    documents = [json.loads(line) for line in (tmp_path / "tiny__manual" / "answer.jsonl").read_text().splitlines()]
+    assert all(d["answer_prefix"].endswith(task.extractor) for d in documents)
+    assert all(d["user_message"].endswith("\nBe careful.") for d in documents)
+    train_and_dev = {e.question for e in tasks.load_task_data("navigate").train + tasks.load_task_data("navigate").dev}
+    assert not any(d["user_message"].split("\n")[0] in train_and_dev for d in documents)
+
+
+def _write(path: Path, record: dict) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return str(path)
+
+
+def test_report_tables_and_plots_hold_every_method(tmp_path):
+    methods = ["zero_shot_cot", "greater", "opro"]
+    evals, prompts = [], []
+    for task in ("navigate", "snarks", "gsm8k"):
+        for method_index, method in enumerate(methods):
+            trajectory = [{"step": s, "prompt": "p", "task_calls": 10 * s, "train_error": 0.5 - 0.1 * s} for s in range(3)]
+            prompts.append(_write(tmp_path / "prompts" / task / "small" / f"{method}.json", {
+                "optimizer": method, "task": task, "model": "small", "prompt": "p", "trajectory": trajectory,
+                "budget": {"task_calls": 20, "optimizer_calls": 3, "task_model": {"prompt_tokens": 5, "completion_tokens": 5},
+                           "seconds": {"total": 2.0}},
+                "provenance": {"seed": 0, "model": {"name": "small", "checksum": "x"}, "environment": {}}}))
+            for target in ("small", "big"):
+                evals.append(_write(tmp_path / "eval" / task / "small" / method / f"{target}.json", {
+                    "task": task, "source_model": "small", "optimizer": method, "target_model": target,
+                    "accuracy": 0.1 * (method_index + 1), "n": 10, "parse_rate": 1.0}))
+    written = build_report(evals, prompts, tmp_path / "tables", tmp_path / "plots")
+    names = {p.name for p in written}
+    for table in ("main", "per_task", "transfer", "budget"):
+        assert {f"{table}.csv", f"{table}.md", f"{table}.tex"} <= names
+    for plot in ("accuracy_vs_task_calls.png", "transfer_heatmap.png", "per_task_bars.png"):
+        assert (tmp_path / "plots" / plot).stat().st_size > 1000
+    main = pd.read_csv(tmp_path / "tables" / "main.csv", index_col=0)
+    assert set(main.index) == set(methods)
+    assert list(main.columns) == ["small / GSM8K", "small / BBH average"]
+    assert main.loc["opro", "small / BBH average"] == pytest.approx(30.0)
+    transfer = pd.read_csv(tmp_path / "tables" / "transfer.csv", index_col=[0, 1])
+    assert list(transfer.columns) == ["big", "small"]
+
+
+def test_trajectory_accuracy_reads_each_methods_score():
+    assert trajectory_accuracy({"train_error": 0.25}) == 0.75
+    assert trajectory_accuracy({"train_accuracy": 0.4}) == 0.4
+    assert trajectory_accuracy({"score": 0.3}) == 0.3
+    assert trajectory_accuracy({"prompt": "a", "train_estimates": {"a": 0.6}}) == 0.6
+    assert trajectory_accuracy({"prompt": "a"}) is None

@@ -1,0 +1,28 @@
+# One job per (task, target model): every prompt of the task, same-model and transfer
+# cells alike, through lm-eval with the target loaded once.
+rule evaluate:
+    input:
+        prompts=get_prompt_files,
+        split="results/splits/{task}.json",
+        model="results/models/{target}.json",
+    output:
+        expand(
+            "results/eval/{{task}}/{source}/{method}/{{target}}.json",
+            source=MODELS,
+            method=METHODS,
+        ),
+    log:
+        "logs/evaluate/{task}/{target}.log",
+    benchmark:
+        "logs/benchmark/evaluate/{task}/{target}.tsv"
+    params:
+        arguments=evaluate_arguments,
+    threads: RUNTIME["threads"]
+    resources:
+        mem_mb=12000,
+        runtime=600,
+    conda:
+        "../envs/suite.yaml"
+    shell:
+        "python -m suite_cli evaluate {wildcards.task} {wildcards.target} --prompt-files {input.prompts} "
+        "--split-file {input.split} --output-dir results/eval {params.arguments} > {log} 2>&1"
