@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizers.base import Optimizer, register_optimizer
+from optimizers.base import register_optimizer, require_positive
 from optimizers.optimizer_llm import clean_prompt
-from optimizers.text_run import TextRun
+from optimizers.text_run import TextOptimizer, TextRun
 
 PROPOSAL_STEM = "The instruction was to"
 
@@ -40,10 +40,8 @@ class APEOptions:
     n_dev: int | None = None
 
     def __post_init__(self):
-        for name in ("proposal_requests", "demos_per_request", "proposals_per_request", "screen_examples",
-                     "rescore_top", "resample_top", "variations", "max_tokens", "max_reasoning_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "proposal_requests", "demos_per_request", "proposals_per_request", "screen_examples",
+                     "rescore_top", "resample_top", "variations", "max_tokens", "max_reasoning_tokens")
         if self.resample_rounds < 0:
             raise ValueError(f"resample_rounds must be >= 0, got {self.resample_rounds}")
 
@@ -66,14 +64,6 @@ def variation_meta_prompt(instruction: str) -> str:
 
 def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0]
-
-
-@register_optimizer("ape")
-class APE(Optimizer):
-    Options = APEOptions
-
-    def optimize(self, data, model, budget, rng, checkpoint, seed: int = 0, optimizer_model=None) -> dict:
-        return APERun(self.options, data, model, budget, rng, checkpoint, seed, optimizer_model).run()
 
 
 class APERun(TextRun):
@@ -138,3 +128,9 @@ class APERun(TextRun):
                                     "candidates": len(state["proposals"]), "task_calls": self.budget.task_calls,
                                     "optimizer_calls": self.budget.optimizer_calls})
         self.progress(state["step"], best, pool.get(best, 0.0))
+
+
+@register_optimizer("ape")
+class APE(TextOptimizer):
+    Options = APEOptions
+    Run = APERun

@@ -193,6 +193,14 @@ class Optimizer(ABC):
         """
 
 
+def require_positive(options, *names: str) -> None:
+    """Raise ValueError naming the first option that is not a positive integer."""
+    for name in names:
+        value = getattr(options, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def parse_options(options_class: type, given: dict, owner: str):
     known = {f.name for f in dataclasses.fields(options_class)}
     unknown = sorted(set(given) - known)

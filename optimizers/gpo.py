@@ -19,9 +19,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from optimizers.base import Optimizer, register_optimizer
+from optimizers.base import register_optimizer, require_positive
 from optimizers.optimizer_llm import parse_tagged
-from optimizers.text_run import TextRun
+from optimizers.text_run import TextOptimizer, TextRun
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,8 @@ class GPOOptions:
     similarity: str = "bag_of_words_cosine"
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "candidates_per_step", "retrieved", "exemplars", "max_tokens",
-                     "max_reasoning_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "epochs", "batch_size", "candidates_per_step", "retrieved", "exemplars", "max_tokens",
+                     "max_reasoning_tokens")
         if not 1 <= self.min_words <= self.max_words:
             raise ValueError(f"need 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
         if self.similarity != "bag_of_words_cosine":
@@ -88,14 +86,6 @@ def meta_prompt(shown: list[dict], current: str, exemplars, words: int) -> str:
         f"<Prompt>.\nYou are allowed to change up to {words} words in the current prompt.\n"
         "Wrap the new prompt with <START> and <END>."
     )
-
-
-@register_optimizer("gpo")
-class GPO(Optimizer):
-    Options = GPOOptions
-
-    def optimize(self, data, model, budget, rng, checkpoint, seed: int = 0, optimizer_model=None) -> dict:
-        return GPORun(self.options, data, model, budget, rng, checkpoint, seed, optimizer_model).run()
 
 
 class GPORun(TextRun):
@@ -148,3 +138,9 @@ class GPORun(TextRun):
         """Three fixed format exemplars from train (seeded), as in the reference."""
         train = list(self.data.train)
         return random.Random(self.seed).sample(train, min(self.o.exemplars, len(train)))
+
+
+@register_optimizer("gpo")
+class GPO(TextOptimizer):
+    Options = GPOOptions
+    Run = GPORun

@@ -44,6 +44,7 @@ from optimizers.base import (
     provenance,
     prompt_key,
     register_optimizer,
+    require_positive,
     resume_progress,
     save_progress,
 )
@@ -95,12 +96,9 @@ class GreaterOptions:
     reuse_prefix_cache: bool = True
 
     def __post_init__(self):
-        positive = ("n_train", "steps", "topk", "topq", "examples_per_group", "min_candidates",
-                    "candidates_per_step", "max_reasoning_tokens", "final_candidates", "grad_batch_size",
-                    "score_batch_size")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        require_positive(self, "n_train", "steps", "topk", "topq", "examples_per_group", "min_candidates",
+                         "candidates_per_step", "max_reasoning_tokens", "final_candidates", "grad_batch_size",
+                         "score_batch_size")
         if self.n_dev is not None and self.n_dev < 1:
             raise ValueError(f"n_dev must be a positive integer or null, got {self.n_dev!r}")
         if self.temperature <= 0:

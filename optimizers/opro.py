@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizers.base import Optimizer, register_optimizer
+from optimizers.base import register_optimizer, require_positive
 from optimizers.optimizer_llm import parse_tagged
-from optimizers.text_run import TextRun
+from optimizers.text_run import TextOptimizer, TextRun
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,8 @@ class OPROOptions:
     n_dev: int | None = None
 
     def __post_init__(self):
-        for name in ("steps", "samples_per_step", "max_instructions_shown", "exemplars", "max_tokens",
-                     "final_candidates", "max_reasoning_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "steps", "samples_per_step", "max_instructions_shown", "exemplars", "max_tokens",
+                     "final_candidates", "max_reasoning_tokens")
         if self.n_train is not None and self.n_train < 1:
             raise ValueError(f"n_train must be >= 1 or null, got {self.n_train}")
         if not 0 <= self.score_threshold <= 1:
@@ -64,14 +62,6 @@ def meta_prompt(shown: list[dict], exemplars) -> str:
         "them. It should be concise, effective and generally applicable to all the problems above. "
         "Wrap it with <INS> and </INS>."
     )
-
-
-@register_optimizer("opro")
-class OPRO(Optimizer):
-    Options = OPROOptions
-
-    def optimize(self, data, model, budget, rng, checkpoint, seed: int = 0, optimizer_model=None) -> dict:
-        return OPRORun(self.options, data, model, budget, rng, checkpoint, seed, optimizer_model).run()
 
 
 class OPRORun(TextRun):
@@ -129,3 +119,9 @@ class OPRORun(TextRun):
             "task_calls": self.budget.task_calls, "optimizer_calls": self.budget.optimizer_calls,
         })
         self.progress(state["step"], best["prompt"], best["score"])
+
+
+@register_optimizer("opro")
+class OPRO(TextOptimizer):
+    Options = OPROOptions
+    Run = OPRORun

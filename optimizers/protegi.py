@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 
 from optimizers.ape import first_line, variation_meta_prompt
-from optimizers.base import Optimizer, register_optimizer
+from optimizers.base import register_optimizer, require_positive
 from optimizers.optimizer_llm import clean_prompt, parse_tagged
-from optimizers.text_run import TextRun
+from optimizers.text_run import TextOptimizer, TextRun
 
 REASONING_CHARS = 400  # the model's reasoning shown per error, truncated
 
@@ -46,11 +46,9 @@ class ProTeGiOptions:
     n_dev: int | None = None
 
     def __post_init__(self):
-        for name in ("rounds", "beam_size", "minibatch", "gradient_groups", "errors_per_group", "reasons_per_group",
+        require_positive(self, "rounds", "beam_size", "minibatch", "gradient_groups", "errors_per_group", "reasons_per_group",
                      "edits_per_reason", "max_expansion", "bandit_rounds", "arms_per_round", "samples_per_pull",
-                     "max_tokens", "max_reasoning_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                     "max_tokens", "max_reasoning_tokens")
         if self.paraphrases < 0:
             raise ValueError(f"paraphrases must be >= 0, got {self.paraphrases}")
         if self.selection not in ("ucb", "brute_force"):
@@ -81,14 +79,6 @@ def edit_meta_prompt(prompt: str, errors, reason: str, edits: int) -> str:
         f"{error_block(errors)}\n\nThe problem with the instruction is: {reason}\n\n"
         f"Based on this, write {edits} improved instruction(s). Wrap each with <START> and <END>."
     )
-
-
-@register_optimizer("protegi")
-class ProTeGi(Optimizer):
-    Options = ProTeGiOptions
-
-    def optimize(self, data, model, budget, rng, checkpoint, seed: int = 0, optimizer_model=None) -> dict:
-        return ProTeGiRun(self.options, data, model, budget, rng, checkpoint, seed, optimizer_model).run()
 
 
 class ProTeGiRun(TextRun):
@@ -186,3 +176,9 @@ class ProTeGiRun(TextRun):
         means = {p: totals[p] / pulls[p] for p in pool if pulls[p]}
         ranked = sorted(means, key=lambda p: -means[p]) or pool
         return ranked[: self.o.beam_size], means
+
+
+@register_optimizer("protegi")
+class ProTeGi(TextOptimizer):
+    Options = ProTeGiOptions
+    Run = ProTeGiRun

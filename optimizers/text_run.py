@@ -12,7 +12,9 @@ import random
 import time
 from dataclasses import dataclass
 
-from optimizers.base import Budget, Checkpoint, provenance, resume_progress, save_progress
+from typing import ClassVar
+
+from optimizers.base import Budget, Checkpoint, Optimizer, provenance, resume_progress, save_progress
 from optimizers.harness import Evaluation, Harness
 from optimizers.optimizer_llm import OptimizerLLM
 
@@ -114,3 +116,12 @@ class TextRun:
         if state is not None:
             self.llm._calls = state["llm_calls"]
         return state
+
+
+class TextOptimizer(Optimizer):
+    """An optimizer whose work is done by a ``TextRun`` subclass (``Run``)."""
+
+    Run: ClassVar[type[TextRun]]
+
+    def optimize(self, data, model, budget, rng, checkpoint, seed: int = 0, optimizer_model=None) -> dict:
+        return self.Run(self.options, data, model, budget, rng, checkpoint, seed, optimizer_model).run()
