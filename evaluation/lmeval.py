@@ -60,6 +60,7 @@ def _task_yaml(name: str, documents: Path, max_tokens: int, until: list[str], fi
         "generation_kwargs": {"until": until, "max_gen_toks": max_tokens, "do_sample": False, "temperature": 0.0},
         "filter_list": [{"name": "suite", "filter": [
             {"function": "custom", "filter_fn": _FunctionTag(f"{_FILTERS_MODULE}.{filter_function}")},
+            {"function": "take_first"},
         ]}],
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1},
@@ -132,8 +133,10 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
     results = {}
     for cell in cells:
         samples = _in_doc_order(second["samples"][answer_tasks[cell.name]])
-        parsed = [s["filtered_resps"][0] if isinstance(s["filtered_resps"], list) else s["filtered_resps"] for s in samples]
-        correct = [p == g for p, g in zip(parsed, golds)]
+        parsed = [_unwrap(s["filtered_resps"]) for s in samples]
+        correct = [bool(s["exact_match"]) for s in samples]  # lm-eval's own exact match on the parsed answers
+        if correct != [p == g for p, g in zip(parsed, golds)]:
+            raise RuntimeError(f"lm-eval's exact match disagrees with the parsed answers for {cell.name}")
         single_pass = _in_doc_order(first["samples"][reasoning_tasks[cell.name]])
         n = len(examples)
         accuracy = sum(correct) / n
@@ -149,6 +152,13 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
             "samples": per_sample,
         }
     return results
+
+
+def _unwrap(value):
+    """lm-eval keeps a filtered response in (possibly nested) lists; the answer is the string inside."""
+    while isinstance(value, list | tuple):
+        value = value[0]
+    return value
 
 
 def _in_doc_order(samples: list[dict]) -> list[dict]:

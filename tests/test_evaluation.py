@@ -36,6 +36,9 @@ def test_two_pass_lm_eval_run_on_a_tiny_model(tmp_path):
         assert result["n"] == 3 and 0 <= result["accuracy"] <= 1 and 0 <= result["parse_rate"] <= 1
         assert [s["id"] for s in result["samples"]] == [e.id for e in examples]
         assert all(s["gold"] in ("Yes", "No") for s in result["samples"])
+        assert all(s["answer"] in ("Yes", "No", "[invalid]") for s in result["samples"])
+        assert result["accuracy"] == sum(s["answer"] == s["gold"] for s in result["samples"]) / 3
+        assert result["parse_rate"] == sum(s["answer"] != "[invalid]" for s in result["samples"]) / 3
     config = (tmp_path / "suite_answer_navigate_tiny__manual.yaml").read_text()
     assert re.search(r"filter_fn: !function '?suite_filters.answer_after_extractor", config)
     assert "gen_prefix: answer_prefix" in config
@@ -87,3 +90,27 @@ def test_trajectory_accuracy_reads_each_methods_score():
     assert trajectory_accuracy({"score": 0.3}) == 0.3
     assert trajectory_accuracy({"prompt": "a", "train_estimates": {"a": 0.6}}) == 0.6
     assert trajectory_accuracy({"prompt": "a"}) is None
+
+
+def test_scoring_counts_correct_answers(tmp_path):
+    """An lm-eval model that always reasons to "Yes" scores exactly the share of gold "Yes"."""
+    from lm_eval.api.model import LM
+
+    class AlwaysYes(LM):
+        def generate_until(self, requests, disable_tqdm=False):
+            return ["We end where we began, so the answer is Yes." if "$" not in r.args[0] else "Yes" for r in requests]
+
+        def loglikelihood(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+    task = tasks.get_task("navigate")
+    examples = load_test_examples("navigate")[:8]
+    result = evaluate_cells(AlwaysYes(), task, examples, [PromptCell("fixed", "Think.")], tmp_path, 16,
+                            apply_chat_template=False)["fixed"]
+    expected = sum(e.gold == "Yes" for e in examples) / 8
+    assert 0 < expected < 1
+    assert result["accuracy"] == expected and result["accuracy_without_extractor"] == expected
+    assert result["parse_rate"] == 1.0
