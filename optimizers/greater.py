@@ -523,7 +523,11 @@ class GreaterRun:
             evaluation = harness.evaluate(text, dev)
             selection.append({"prompt": text, "train_objective": result["objective"],
                               "dev_accuracy": evaluation.accuracy, "dev_parse_rate": evaluation.parse_rate})
-        best = max(selection, key=lambda s: (s["dev_accuracy"], -s["train_objective"]))
+        if not selection:  # no budget left for dev: the lowest training objective wins, unscored
+            text, result = ranked[0]
+            selection = [{"prompt": text, "train_objective": result["objective"], "dev_accuracy": None,
+                          "dev_parse_rate": None}]
+        best = max(selection, key=lambda s: (s["dev_accuracy"] or 0.0, -s["train_objective"]))
         self.phase_seconds["selection"] += time.perf_counter() - started
         budget = self.budget.record()
         budget["seconds"] = dict(self.phase_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 
 from model_engine.backend import Backend, Completion
 
@@ -10,8 +11,11 @@ from model_engine.backend import Backend, Completion
 class ScriptedLLM(Backend):
     """Answers each request with ``respond(message, counter)``; keeps every message it saw."""
 
-    def __init__(self, respond=None):
+    def __init__(self, respond=None, stateless: bool = False):
         super().__init__()
+        #: stateless: answers depend only on the request (message and sample index), so a
+        #: resumed run hears what an uninterrupted one heard
+        self.stateless = stateless
         self.identity = "scripted"
         self.model = "scripted"
         self.messages: list[str] = []
@@ -20,10 +24,11 @@ class ScriptedLLM(Backend):
 
     def _generate_chat(self, requests, params, sample_indices, assistant_prefix):
         out = []
-        for messages in requests:
+        for messages, sample in zip(requests, sample_indices):
             message = messages[-1]["content"]
             self.messages.append(message)
-            text = self.respond(message, next(self._counter))
+            key = zlib.crc32(message.encode()) + sample if self.stateless else next(self._counter)
+            text = self.respond(message, key)
             out.append(Completion(text=text, prompt_tokens=len(message.split()), completion_tokens=len(text.split()),
                                   finish_reason="stop"))
         return out

@@ -163,28 +163,29 @@ def test_same_seed_same_prompt():
     assert results[0] == results[1]
 
 
-def _spawn(tmp_path, name):
+def _spawn(tmp_path, name, optimizer="greater"):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     paths = [str(tmp_path / f"{name}.ckpt.json"), str(tmp_path / f"{name}.cache.sqlite"), str(tmp_path / f"{name}.json")]
-    process = subprocess.Popen([sys.executable, "-m", "tests.greater_run", *paths], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "tests.optimizer_run", optimizer, *paths], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return process, paths
 
 
-def test_killed_run_resumes_and_ends_with_the_same_prompt(tmp_path):
-    straight, (_, _, straight_out) = _spawn(tmp_path, "straight")
+@pytest.mark.parametrize("optimizer", ["greater", "ape", "opro", "protegi", "gpo"])
+def test_killed_run_resumes_and_ends_with_the_same_prompt(tmp_path, optimizer):
+    straight, (_, _, straight_out) = _spawn(tmp_path, "straight", optimizer)
     assert straight.wait(timeout=600) == 0, straight.stdout.read()
-    killed, (checkpoint, _, killed_out) = _spawn(tmp_path, "killed")
+    killed, (checkpoint, _, killed_out) = _spawn(tmp_path, "killed", optimizer)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        if Path(checkpoint).is_file() and json.loads(Path(checkpoint).read_text())["state"]["step"] >= 2:
+        if Path(checkpoint).is_file() and json.loads(Path(checkpoint).read_text())["state"]["step"] >= 1:
             break
         assert killed.poll() is None, killed.stdout.read()
-        time.sleep(0.2)
+        time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not Path(killed_out).exists()
-    resumed, _ = _spawn(tmp_path, "killed")
+    resumed, _ = _spawn(tmp_path, "killed", optimizer)
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
     assert "resuming from step" in output
@@ -192,6 +193,7 @@ def test_killed_run_resumes_and_ends_with_the_same_prompt(tmp_path):
     assert b["prompt"] == a["prompt"]
     assert [r["prompt"] for r in b["trajectory"]] == [r["prompt"] for r in a["trajectory"]]
     assert b["budget"]["task_calls"] == a["budget"]["task_calls"]
+    assert b["budget"]["optimizer_calls"] == a["budget"]["optimizer_calls"]
 
 
 def test_checkpoint_with_other_options_is_refused(tmp_path):
