@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 
 from typing import ClassVar
 
 from optimizers.base import Budget, Checkpoint, Optimizer, provenance, resume_progress, save_progress
 from optimizers.harness import Evaluation, Harness
 from optimizers.optimizer_llm import OptimizerLLM
-
-
-@dataclass(frozen=True)
-class Scored:
-    prompt: str
-    score: float
-    parse_rate: float
 
 
 class TextRun:
