@@ -101,28 +101,16 @@ def _optimize(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from evaluation.run import build_lm, evaluate_prompt_files
+    from evaluation.run import build_lm, evaluate_prompt_files, read_prompt_file
 
     if args.backend == "endpoint" and not (args.endpoint and args.endpoint_model):
         raise SystemExit("error: --backend endpoint needs --endpoint and --endpoint-model")
-    for path in args.prompt_files:  # fail on a bad prompt file before the model loads
-        from evaluation.run import read_prompt_file
-
-        read_prompt_file(path)
+    records = {path: read_prompt_file(path) for path in args.prompt_files}  # bad files fail before the model loads
     endpoint = {"base_url": args.endpoint, "model": args.endpoint_model} if args.backend == "endpoint" else None
-    lm = build_lm(args.backend, args.target, args.cache_dir, args.dtype, args.device, args.batch_size, endpoint)
-    if endpoint:
-        description = {"backend": "endpoint", **endpoint}
-    else:
-        from dataclasses import asdict
-
-        from model_engine.registry import get_model_spec
-        from model_engine.sources import prepare
-
-        description = {"backend": args.backend, "name": args.target, "dtype": args.dtype,
-                       **asdict(prepare(get_model_spec(args.target), args.cache_dir))}
+    lm, description = build_lm(args.backend, args.target, args.cache_dir, args.dtype, args.device, args.batch_size,
+                               endpoint)
     workdir = args.workdir or str(Path(args.output_dir) / args.task / f".lmeval-{args.target}")
-    written = evaluate_prompt_files(args.task, args.target, args.prompt_files, args.output_dir, workdir, lm, description,
+    written = evaluate_prompt_files(args.task, args.target, records, args.output_dir, workdir, lm, description,
                                     split_file=args.split_file, data_root=args.data_root, limit=args.limit,
                                     max_reasoning_tokens=args.max_reasoning_tokens)
     print(f"wrote {len(written)} evaluation files")

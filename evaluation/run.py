@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from evaluation.lmeval import PromptCell, evaluate_cells
@@ -39,32 +40,34 @@ def read_prompt_file(path: str | Path) -> dict:
 
 
 def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", device: str = "cpu",
-             batch_size: int = 16, endpoint: dict | None = None):
-    """An lm-eval model instance of lm-eval's own types, loaded once for the whole job."""
+             batch_size: int = 16, endpoint: dict | None = None) -> tuple[object, dict]:
+    """An lm-eval model of lm-eval's own types, loaded once for the whole job, and its description."""
     if backend == "endpoint":
         from lm_eval.models.openai_completions import LocalChatCompletion
 
-        return LocalChatCompletion(base_url=endpoint["base_url"].rstrip("/") + "/chat/completions",
-                                   model=endpoint["model"], tokenized_requests=False, num_concurrent=1,
-                                   max_retries=endpoint.get("max_retries", 3), timeout=endpoint.get("timeout_s", 300))
+        lm = LocalChatCompletion(base_url=endpoint["base_url"].rstrip("/") + "/chat/completions",
+                                 model=endpoint["model"], tokenized_requests=False, num_concurrent=1,
+                                 max_retries=endpoint.get("max_retries", 3), timeout=endpoint.get("timeout_s", 300))
+        return lm, {"backend": "endpoint", **endpoint}
     from model_engine.registry import get_model_spec
     from model_engine.sources import prepare
 
     prepared = prepare(get_model_spec(target), cache_dir)
+    description = {"backend": backend, "name": target, "dtype": dtype, **asdict(prepared)}
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
-        return VLLM(pretrained=prepared.path, dtype=dtype, batch_size="auto")
+        return VLLM(pretrained=prepared.path, dtype=dtype, batch_size="auto"), description
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=prepared.path, dtype=dtype, device=device, batch_size=batch_size)
+    return HFLM(pretrained=prepared.path, dtype=dtype, device=device, batch_size=batch_size), description
 
 
-def evaluate_prompt_files(task_name: str, target: str, prompt_files: list[str], output_dir: str, workdir: str,
+def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict], output_dir: str, workdir: str,
                           lm, target_description: dict, split_file=None, data_root=None, limit: int | None = None,
                           max_reasoning_tokens: int = 512) -> list[Path]:
+    """``records``: prompt file path -> its record (``read_prompt_file``, read before the model loads)."""
     task = get_task(task_name)
-    records = {str(path): read_prompt_file(path) for path in prompt_files}
     for path, record in records.items():
         if record["task"] != task.name:
             raise SuiteError(f"Prompt file {path} is for task {record['task']!r}, not {task.name!r}")
