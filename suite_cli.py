@@ -101,18 +101,24 @@ def _optimize(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from evaluation.run import build_lm, evaluate_prompt_files, read_prompt_file
+    from evaluation.run import build_lm, evaluate_prompt_files, read_prompt_file, response_cache_path
 
     if args.backend == "endpoint" and not (args.endpoint and args.endpoint_model):
         raise SystemExit("error: --backend endpoint needs --endpoint and --endpoint-model")
     records = {path: read_prompt_file(path) for path in args.prompt_files}  # bad files fail before the model loads
-    endpoint = {"base_url": args.endpoint, "model": args.endpoint_model} if args.backend == "endpoint" else None
+    endpoint = None
+    if args.backend == "endpoint":
+        endpoint = {"base_url": args.endpoint, "model": args.endpoint_model, "timeout_s": args.endpoint_timeout}
+        endpoint.update({key: value for key, value in (("api_key_env", args.endpoint_api_key_env),
+                                                        ("eos_string", args.endpoint_eos_string)) if value})
     lm, description = build_lm(args.backend, args.target, args.cache_dir, args.dtype, args.device, args.batch_size,
                                endpoint)
     workdir = args.workdir or str(Path(args.output_dir) / args.task / f".lmeval-{args.target}")
     written = evaluate_prompt_files(args.task, args.target, records, args.output_dir, workdir, lm, description,
                                     split_file=args.split_file, data_root=args.data_root, limit=args.limit,
-                                    max_reasoning_tokens=args.max_reasoning_tokens)
+                                    max_reasoning_tokens=args.max_reasoning_tokens,
+                                    response_cache=None if args.no_response_cache
+                                    else response_cache_path(args.cache_dir, description))
     print(f"wrote {len(written)} evaluation files")
 
 
@@ -207,7 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="lm-eval model type: hf, vllm, or local-chat-completions (endpoint)")
     evaluate.add_argument("--endpoint", default=None, help="OpenAI-compatible base URL (backend endpoint)")
     evaluate.add_argument("--endpoint-model", default=None)
-    evaluate.add_argument("--cache-dir", default=None)
+    evaluate.add_argument("--endpoint-api-key-env", default=None, help="environment variable holding the API key")
+    evaluate.add_argument("--endpoint-eos-string", default=None,
+                          help="the served model's end-of-turn text, sent as a stop string")
+    evaluate.add_argument("--endpoint-timeout", type=float, default=300.0, help="seconds per request")
+    evaluate.add_argument("--cache-dir", default=None,
+                          help="converted models and lm-eval's response cache (default: PROMPT_SUITE_CACHE)")
+    evaluate.add_argument("--no-response-cache", action="store_true",
+                          help="do not reuse or store responses (an interrupted job then starts over)")
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--batch-size", type=int, default=16)

@@ -90,8 +90,11 @@ def _safe(name: str) -> str:
 
 
 def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, max_reasoning_tokens: int,
-                   apply_chat_template: bool = True) -> dict[str, dict]:
-    """Run both passes for every cell on ``examples`` (test rows); one result per cell name."""
+                   apply_chat_template: bool = True, response_cache: Path | None = None) -> dict[str, dict]:
+    """Run both passes for every cell on ``examples`` (test rows); one result per cell name.
+
+    ``response_cache`` (a path prefix) is lm-eval's own response cache (``use_cache``).
+    """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -99,6 +102,10 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
     workdir.mkdir(parents=True, exist_ok=True)
     _write_filters(workdir)
     golds = [task.answer_format.canonical(e.gold) for e in examples]
+    use_cache = None
+    if response_cache is not None:
+        Path(response_cache).parent.mkdir(parents=True, exist_ok=True)
+        use_cache = str(response_cache)
 
     # Pass 1: reasoning.
     reasoning_tasks = {}
@@ -111,7 +118,8 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
         (workdir / f"{name}.yaml").write_text(yaml.dump(config, sort_keys=False))
         reasoning_tasks[cell.name] = name
     first = simple_evaluate(model=lm, tasks=list(reasoning_tasks.values()), task_manager=TaskManager(include_path=str(workdir)),
-                            apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=0)
+                            apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=0,
+                            use_cache=use_cache)
 
     # Pass 2: the extractor after the reasoning, then the answer.
     answer_tasks, reasoning_of = {}, {}
@@ -128,7 +136,8 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
         (workdir / f"{name}.yaml").write_text(yaml.dump(config, sort_keys=False))
         answer_tasks[cell.name] = name
     second = simple_evaluate(model=lm, tasks=list(answer_tasks.values()), task_manager=TaskManager(include_path=str(workdir)),
-                             apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=0)
+                             apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=0,
+                            use_cache=use_cache)
 
     results = {}
     for cell in cells:

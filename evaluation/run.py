@@ -17,6 +17,7 @@ from pathlib import Path
 
 from evaluation.lmeval import PromptCell, evaluate_cells
 from model_engine.provenance import environment, write_json_atomic
+from model_engine.sources import DEFAULT_CACHE_DIR
 from optimizers.base import validate_result
 from suite_errors import SuiteError
 from tasks import get_task
@@ -41,19 +42,32 @@ def read_prompt_file(path: str | Path) -> dict:
 
 def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", device: str = "cpu",
              batch_size: int = 16, endpoint: dict | None = None) -> tuple[object, dict]:
-    """An lm-eval model of lm-eval's own types, loaded once for the whole job, and its description."""
+    """An lm-eval model of lm-eval's own types, loaded once for the whole job, and its description.
+
+    ``endpoint`` (backend "endpoint"): base_url, model, and optionally api_key_env,
+    eos_string (the server's end-of-turn text; some servers, e.g. ``transformers serve``,
+    reject the empty stop list lm-eval sends without it) and timeout_s. The endpoint is
+    checked with a one-token request first, so a dead server fails before any work.
+    """
     if backend == "endpoint":
         from lm_eval.models.openai_completions import LocalChatCompletion
 
+        from model_engine.endpoint import EndpointModel
+
+        probe = EndpointModel(endpoint["base_url"], endpoint["model"], api_key_env=endpoint.get("api_key_env"),
+                              timeout_s=endpoint.get("timeout_s", 300), max_retries=1)
+        probe.check()
+        api_key = probe.client.api_key
         lm = LocalChatCompletion(base_url=endpoint["base_url"].rstrip("/") + "/chat/completions",
                                  model=endpoint["model"], tokenized_requests=False, num_concurrent=1,
-                                 max_retries=endpoint.get("max_retries", 3), timeout=endpoint.get("timeout_s", 300))
+                                 max_retries=endpoint.get("max_retries", 3), timeout=endpoint.get("timeout_s", 300),
+                                 eos_string=endpoint.get("eos_string"), header={"Authorization": f"Bearer {api_key}"})
         return lm, {"backend": "endpoint", **endpoint}
     from model_engine.registry import get_model_spec
     from model_engine.sources import prepare
 
     prepared = prepare(get_model_spec(target), cache_dir)
-    description = {"backend": backend, "name": target, "dtype": dtype, **asdict(prepared)}
+    description = {"backend": backend, "name": target, "dtype": dtype, "device": device, **asdict(prepared)}
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
@@ -63,10 +77,27 @@ def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", 
     return HFLM(pretrained=prepared.path, dtype=dtype, device=device, batch_size=batch_size), description
 
 
+def response_cache_path(cache_dir, target_description: dict) -> Path:
+    """Where lm-eval keeps this target's responses (greedy, so reusable across runs).
+
+    lm-eval keys a response by the request text and generation settings only, so the
+    path carries the model's identity: its checksum and dtype, or the endpoint's address.
+    """
+    identity = json.dumps({key: target_description.get(key) for key in
+                           ("backend", "name", "checksum", "dtype", "device", "base_url", "model")}, sort_keys=True)
+    label = target_description.get("name") or "endpoint"
+    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    return root / "lmeval" / f"{label}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
 def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict], output_dir: str, workdir: str,
                           lm, target_description: dict, split_file=None, data_root=None, limit: int | None = None,
-                          max_reasoning_tokens: int = 512) -> list[Path]:
-    """``records``: prompt file path -> its record (``read_prompt_file``, read before the model loads)."""
+                          max_reasoning_tokens: int = 512, response_cache: Path | None = None) -> list[Path]:
+    """``records``: prompt file path -> its record (``read_prompt_file``, read before the model loads).
+
+    With ``response_cache``, every generated response is stored as soon as its batch
+    finishes, so an interrupted job picks up where it stopped and a rerun is free.
+    """
     task = get_task(task_name)
     for path, record in records.items():
         if record["task"] != task.name:
@@ -77,7 +108,7 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
     cells = {f"{r['model']}__{r['optimizer']}": (path, r) for path, r in records.items()}
     print(f"[evaluate] {task.name} on {target}: {len(cells)} prompts x {len(examples)} test rows", flush=True)
     results = evaluate_cells(lm, task, examples, [PromptCell(name, r["prompt"]) for name, (_, r) in cells.items()],
-                             Path(workdir), max_reasoning_tokens)
+                             Path(workdir), max_reasoning_tokens, response_cache=response_cache)
     written = []
     for name, (path, record) in cells.items():
         result = results[name]
@@ -101,6 +132,7 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
                 "split_file": str(split_file) if split_file else None,
                 "max_reasoning_tokens": max_reasoning_tokens,
                 "limit": limit,
+                "response_cache": str(response_cache) if response_cache else None,
                 "environment": environment(),
             },
         })

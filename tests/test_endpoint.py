@@ -104,6 +104,38 @@ def test_real_server_answers_and_is_cached(real_server, tmp_path):
 
 
 @pytest.mark.server
+def test_lm_eval_local_chat_completions_evaluates_prompts_on_the_server(real_server, tmp_path):
+    """The evaluate job's endpoint backend: lm-eval's own local-chat-completions model, both passes."""
+    import tasks
+    from evaluation.lmeval import PromptCell, evaluate_cells
+    from evaluation.run import build_lm
+    from tasks.heldout import load_test_examples
+
+    _, url, model_name = real_server
+    # transformers serve rejects the empty stop list lm-eval sends when it knows no end-of-turn text
+    endpoint = {"base_url": url, "model": model_name, "timeout_s": 120, "eos_string": "<|im_end|>"}
+    lm, description = build_lm("endpoint", "served", endpoint=endpoint)
+    assert description == {"backend": "endpoint", **endpoint}
+    task = tasks.get_task("navigate")
+    examples = load_test_examples("navigate")[:2]
+    results = evaluate_cells(lm, task, examples, [PromptCell("served__manual", "Let's think step by step.")],
+                             tmp_path, max_reasoning_tokens=24)
+    result = results["served__manual"]
+    assert result["n"] == 2 and [s["id"] for s in result["samples"]] == [e.id for e in examples]
+    assert all(s["reasoning"].strip() for s in result["samples"])  # the server wrote the reasoning
+    assert all(s["answer"] in ("Yes", "No", "[invalid]") for s in result["samples"])
+    assert result["accuracy"] == sum(s["answer"] == s["gold"] for s in result["samples"]) / 2
+
+
+def test_endpoint_evaluation_checks_the_server_before_any_work():
+    from evaluation.run import build_lm
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(EndpointError, match=f"{url}.*APIConnectionError"):
+        build_lm("endpoint", "served", endpoint={"base_url": url, "model": "m", "timeout_s": 2})
+
+
+@pytest.mark.server
 def test_real_server_stopped_gives_a_clear_error(real_server):
     process, url, model_name = real_server
     endpoint = EndpointModel(url, model_name, timeout_s=60, max_retries=1, backoff_s=0.1)

@@ -49,6 +49,39 @@ def test_two_pass_lm_eval_run_on_a_tiny_model(tmp_path):
     assert not any(d["user_message"].split("\n")[0] in train_and_dev for d in documents)
 
 
+def test_response_cache_resumes_without_calling_the_model_again(tmp_path):
+    """What an interrupted (or repeated) evaluate job relies on: stored responses are reused."""
+    from lm_eval.models.huggingface import HFLM
+
+    model = tiny_local_model()
+    lm = HFLM(pretrained=model.model, tokenizer=model.tokenizer, batch_size=4, device="cpu")
+    task = tasks.get_task("navigate")
+    examples = load_test_examples("navigate")[:3]
+    cells = [PromptCell("tiny__manual", "Be careful.")]
+    cache = tmp_path / "cache" / "tiny"
+    first = evaluate_cells(lm, task, examples, cells, tmp_path / "a", max_reasoning_tokens=4, response_cache=cache)
+
+    def no_generation(requests, *args, **kwargs):
+        raise AssertionError(f"the model was asked again for {len(requests)} responses")
+
+    lm.generate_until = no_generation
+    second = evaluate_cells(lm, task, examples, cells, tmp_path / "b", max_reasoning_tokens=4, response_cache=cache)
+    assert second == first
+    with pytest.raises(AssertionError, match="asked again"):  # without the cache the model is called
+        evaluate_cells(lm, task, examples, cells, tmp_path / "c", max_reasoning_tokens=4)
+
+
+def test_response_cache_path_depends_on_the_model_identity():
+    from evaluation.run import response_cache_path
+
+    base = {"backend": "hf", "name": "qwen", "checksum": "abc", "dtype": "float32", "device": "cpu"}
+    assert response_cache_path("c", base) == response_cache_path("c", dict(base))
+    assert response_cache_path("c", base) != response_cache_path("c", {**base, "checksum": "abd"})
+    assert response_cache_path("c", base) != response_cache_path("c", {**base, "dtype": "bfloat16"})
+    endpoint = {"backend": "endpoint", "base_url": "http://a/v1", "model": "m"}
+    assert response_cache_path("c", endpoint) != response_cache_path("c", {**endpoint, "model": "n"})
+
+
 def _write(path: Path, record: dict) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))

@@ -72,6 +72,27 @@ def test_a_given_config_is_not_merged_with_the_default(tmp_path):
     assert re.search(r"optimize\s+1\b", result.output) and "qwen" not in result.output
 
 
+def test_endpoint_targets_are_evaluated_through_the_endpoint_backend(tmp_path):
+    config = ("tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {zero_shot_cot: {}}\n"
+              "endpoint_targets: {served-llama: {base_url: 'http://127.0.0.1:8000/v1', model: llama, "
+              "api_key_env: MY_KEY, eos_string: '<|eot_id|>'}}\n")
+    (tmp_path / "endpoint.yaml").write_text(config)
+    result = _dry_run("--configfile", str(tmp_path / "endpoint.yaml"), "--printshellcmds")
+    assert result.returncode == 0, result.output[-2000:]
+    assert re.search(r"evaluate\s+2\b", result.output)  # the local model and the endpoint
+    assert re.search(r"prepare_model\s+1\b", result.output)  # no local model for the endpoint label
+    command = next(line for line in result.output.splitlines() if "evaluate navigate served-llama" in line)
+    for part in ("--backend endpoint", "--endpoint http://127.0.0.1:8000/v1", "--endpoint-model llama",
+                 "--endpoint-api-key-env MY_KEY", "--endpoint-eos-string '<|eot_id|>'"):
+        assert part in command
+
+
+def test_endpoint_label_may_not_shadow_a_local_model(tmp_path):
+    result = _bad_config(tmp_path, "tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {zero_shot_cot: {}}\n"
+                                   "endpoint_targets: {smollm2-135m: {base_url: 'http://x/v1', model: m}}\n")
+    assert result.returncode != 0 and "label 'smollm2-135m' is also a local model" in result.output
+
+
 def test_lint_is_clean():
     result = subprocess.run([SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr

@@ -20,6 +20,9 @@ def _check_names():
             task_registry.get_task(name)
         for name in config["models"] + config.get("transfer_targets", []):
             get_model_spec(name)
+        for label in config.get("endpoint_targets", {}):
+            if label in config["models"] + config.get("transfer_targets", []):
+                raise SuiteError(f"endpoint_targets: label {label!r} is also a local model; pick another label")
         for name, options in config["optimizers"].items():
             get_optimizer(name)(**options)  # unknown optimizers and bad options fail here
     except SuiteError as error:
@@ -30,7 +33,8 @@ _check_names()
 
 TASKS = config["tasks"]
 MODELS = config["models"]
-TARGETS = list(dict.fromkeys(MODELS + config.get("transfer_targets", [])))
+ENDPOINT_TARGETS = config.get("endpoint_targets", {})
+TARGETS = list(dict.fromkeys(MODELS + config.get("transfer_targets", []) + list(ENDPOINT_TARGETS)))
 OPTIMIZERS = list(config["optimizers"])
 # External methods (rules of their own) appear everywhere the optimizers do.
 METHODS = OPTIMIZERS + (["manual"] if config.get("manual") else [])
@@ -71,10 +75,23 @@ def optimize_arguments(wildcards):
     return " ".join(args + [data_root_option()])
 
 
+def target_model_record(wildcards):
+    """A local target's prepared-model record; endpoint targets have none."""
+    return [] if wildcards.target in ENDPOINT_TARGETS else f"results/models/{wildcards.target}.json"
+
+
 def evaluate_arguments(wildcards):
     args = ["--cache-dir", shlex.quote(config["cache_dir"]), "--dtype", RUNTIME["dtype"], "--device", RUNTIME["device"],
-            "--backend", EVALUATION["backend"], "--batch-size", str(EVALUATION["batch_size"]),
-            "--max-reasoning-tokens", str(EVALUATION["max_reasoning_tokens"])]
+            "--batch-size", str(EVALUATION["batch_size"]), "--max-reasoning-tokens", str(EVALUATION["max_reasoning_tokens"])]
+    endpoint = ENDPOINT_TARGETS.get(wildcards.target)
+    if endpoint is None:
+        args += ["--backend", EVALUATION["backend"]]
+    else:
+        args += ["--backend", "endpoint", "--endpoint", shlex.quote(endpoint["base_url"]),
+                 "--endpoint-model", shlex.quote(endpoint["model"]), "--endpoint-timeout", str(endpoint.get("timeout_s", 300))]
+        for key in ("api_key_env", "eos_string"):
+            if endpoint.get(key):
+                args += [f"--endpoint-{key.replace('_', '-')}", shlex.quote(endpoint[key])]
     if EVALUATION["limit"]:
         args += ["--limit", str(EVALUATION["limit"])]
     return " ".join(args + [data_root_option()])

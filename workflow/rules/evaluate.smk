@@ -4,7 +4,7 @@ rule evaluate:
     input:
         prompts=get_prompt_files,
         split="results/splits/{task}.json",
-        model="results/models/{target}.json",
+        model=target_model_record,
     output:
         expand(
             "results/eval/{{task}}/{source}/{method}/{{target}}.json",
