@@ -93,8 +93,9 @@ class APERun(TextRun):
 
     def _screen(self, state) -> None:
         rows = self.dev()[: self.o.screen_examples]
-        for prompt in self.affordable(state["proposals"], rows):
-            state["screen"][prompt] = self.score(prompt, rows, "screen").accuracy
+        fitting = self.affordable(state["proposals"], rows)
+        for prompt, evaluation in zip(fitting, self.score_all(fitting, rows, "screen")):
+            state["screen"][prompt] = evaluation.accuracy
         if len(state["screen"]) < len(state["proposals"]):
             state["stopped"] = "budget"
 
@@ -115,8 +116,8 @@ class APERun(TextRun):
 
     def _score_on_dev(self, state, prompts) -> None:
         fitting = self.affordable(prompts, self.dev())
-        for prompt in fitting:
-            state["dev"][prompt] = self.score(prompt, self.dev(), "dev").accuracy
+        for prompt, evaluation in zip(fitting, self.score_all(fitting, self.dev(), "dev")):
+            state["dev"][prompt] = evaluation.accuracy
         if len(fitting) < len(prompts):
             state["stopped"] = "budget"
 

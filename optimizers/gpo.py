@@ -115,8 +115,8 @@ class GPORun(TextRun):
             state["rejected"] += sum(not p for p in parsed)
             new = [p for p in dict.fromkeys(p[0] for p in parsed if p) if p not in state["scores"]]
             fitting = self.affordable(new, dev)
-            for prompt in fitting:
-                state["scores"][prompt] = self.score(prompt, dev, "dev").accuracy
+            for prompt, evaluation in zip(fitting, self.score_all(fitting, dev, "dev")):
+                state["scores"][prompt] = evaluation.accuracy
             if len(fitting) < len(new):
                 state["stopped"] = "budget"
             pool = {p: state["scores"][p] for p in dict.fromkeys(p[0] for p in parsed if p) if p in state["scores"]}

@@ -516,13 +516,15 @@ class GreaterRun:
                 break
         harness = Harness(self.task, self.model, self.budget, self.o.max_reasoning_tokens)
         dev = self._dev()
-        selection = []
-        for text, result in ranked:
-            if not self.budget.can_afford(len(harness.budget.uncharged(text, [e.id for e in dev]))):
+        fitting, cost = [], 0
+        for text, result in ranked:  # the best-ranked head that the budget can score on dev
+            cost += len(self.budget.uncharged(text, [e.id for e in dev]))
+            if not self.budget.can_afford(cost):
                 break
-            evaluation = harness.evaluate(text, dev)
-            selection.append({"prompt": text, "train_objective": result["objective"],
-                              "dev_accuracy": evaluation.accuracy, "dev_parse_rate": evaluation.parse_rate})
+            fitting.append((text, result))
+        evaluations = harness.evaluate_many([(text, dev) for text, _ in fitting]) if fitting else []
+        selection = [{"prompt": text, "train_objective": result["objective"], "dev_accuracy": evaluation.accuracy,
+                      "dev_parse_rate": evaluation.parse_rate} for (text, result), evaluation in zip(fitting, evaluations)]
         if not selection:  # no budget left for dev: the lowest training objective wins, unscored
             text, result = ranked[0]
             selection = [{"prompt": text, "train_objective": result["objective"], "dev_accuracy": None,

@@ -1,6 +1,6 @@
 """The shared scorer: one prompt slot, one extractor, one parser for every method.
 
-``Harness.evaluate(prompt, examples)`` runs the task model's reasoning on each
+``Harness.evaluate(prompt, examples)`` (or ``evaluate_many`` for several prompts in shared batches) runs the task model's reasoning on each
 (question + prompt), appends the task's extractor, lets the model write the answer and
 scores it with the task's parser. Each (prompt, example) pair is one task call, charged
 to the budget once per run. Only train and dev rows ever reach it.
@@ -38,11 +38,21 @@ class Harness:
         return [{"role": "user", "content": user_message(question, prompt)}]
 
     def evaluate(self, prompt: str, examples) -> Evaluation:
-        if not examples:
-            raise ValueError("evaluate() needs at least one example")
-        self.budget.charge_task_calls(prompt, [e.id for e in examples])
+        return self.evaluate_many([(prompt, examples)])[0]
+
+    def evaluate_many(self, requests: list[tuple[str, list]]) -> list[Evaluation]:
+        """(prompt, examples) pairs scored together: all their rows share the engine's batches.
+
+        Scoring many prompts on a few rows each (bandit pulls, screening) would otherwise
+        decode in small batches that leave most of the machine idle.
+        """
+        for prompt, examples in requests:
+            if not examples:
+                raise ValueError("evaluate() needs at least one example")
+            self.budget.charge_task_calls(prompt, [e.id for e in examples])
+        rows = [(prompt, example) for prompt, examples in requests for example in examples]
         before = self.model.meter.total
-        conversations = [self.conversation(e.question, prompt) for e in examples]
+        conversations = [self.conversation(e.question, prompt) for prompt, e in rows]
         reasoning = self.model.chat(conversations, self.reasoning_params)
         continuations = [
             self.model.render(conversation, assistant_prefix=answer_prefix(r.text, self.task.extractor))
@@ -50,12 +60,17 @@ class Harness:
         ]
         outputs = self.model.complete(continuations, self.answer_params)
         self.budget.task_usage = self.budget.task_usage + (self.model.meter.total - before)
-        answers = tuple(self.task.parse_answer(o.text, r.text) for o, r in zip(outputs, reasoning))
-        correct = tuple(a is not None and a == self.task.answer_format.canonical(e.gold) for a, e in zip(answers, examples))
-        return Evaluation(
-            accuracy=sum(correct) / len(examples),
-            correct=correct,
-            answers=answers,
-            parse_rate=sum(a is not None for a in answers) / len(examples),
-            reasoning=tuple(r.text for r in reasoning),
-        )
+        answers = [self.task.parse_answer(o.text, r.text) for o, r in zip(outputs, reasoning)]
+        correct = [a is not None and a == self.task.answer_format.canonical(e.gold) for a, (_, e) in zip(answers, rows)]
+        evaluations, start = [], 0
+        for _, examples in requests:
+            end = start + len(examples)
+            evaluations.append(Evaluation(
+                accuracy=sum(correct[start:end]) / len(examples),
+                correct=tuple(correct[start:end]),
+                answers=tuple(answers[start:end]),
+                parse_rate=sum(a is not None for a in answers[start:end]) / len(examples),
+                reasoning=tuple(r.text for r in reasoning[start:end]),
+            ))
+            start = end
+        return evaluations

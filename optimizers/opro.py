@@ -98,9 +98,8 @@ class OPRORun(TextRun):
                 else:
                     state["rejected"] += 1
             fitting = self.affordable(new, train, reserve)
-            for prompt in fitting:
-                state["history"].append({"prompt": prompt, "score": self.score(prompt, train, "train").accuracy,
-                                         "step": state["step"]})
+            for prompt, evaluation in zip(fitting, self.score_all(fitting, train, "train")):
+                state["history"].append({"prompt": prompt, "score": evaluation.accuracy, "step": state["step"]})
             if len(fitting) < len(new):
                 state["stopped"] = "budget"
             state["step"] += 1

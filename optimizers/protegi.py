@@ -154,8 +154,9 @@ class ProTeGiRun(TextRun):
         pulls = {p: 0 for p in pool}
         if self.o.selection == "brute_force":
             rows = self.rng.sample(train, min(self.o.samples_per_pull, len(train)))
-            for arm in self.affordable(pool, rows, reserve):
-                totals[arm], pulls[arm] = self.score(arm, rows, "select").accuracy, 1
+            fitting = self.affordable(pool, rows, reserve)
+            for arm, evaluation in zip(fitting, self.score_all(fitting, rows, "select")):
+                totals[arm], pulls[arm] = evaluation.accuracy, 1
         else:
             for round_ in range(self.o.bandit_rounds):
                 if round_ == 0:
@@ -167,8 +168,8 @@ class ProTeGiRun(TextRun):
                     arms = sorted(pool, key=lambda p: -bound[p])[: self.o.arms_per_round]
                 rows = self.rng.sample(train, min(self.o.samples_per_pull, len(train)))
                 fitting = self.affordable(arms, rows, reserve)
-                for arm in fitting:
-                    totals[arm] += self.score(arm, rows, "select").accuracy
+                for arm, evaluation in zip(fitting, self.score_all(fitting, rows, "select")):
+                    totals[arm] += evaluation.accuracy
                     pulls[arm] += 1
                 if len(fitting) < len(arms):
                     state["stopped"] = "budget"

@@ -50,10 +50,16 @@ class TextRun:
         return fitting
 
     def score(self, prompt: str, examples, split: str) -> Evaluation:
-        key = (prompt, split + ":" + ",".join(e.id for e in examples))
-        if key not in self.scores:
-            self.scores[key] = self.harness.evaluate(prompt, examples)
-        return self.scores[key]
+        return self.score_all([prompt], examples, split)[0]
+
+    def score_all(self, prompts: list[str], examples, split: str) -> list[Evaluation]:
+        """Each prompt on the same rows; the unscored ones in one batched harness call."""
+        rows = split + ":" + ",".join(e.id for e in examples)
+        missing = [p for p in dict.fromkeys(prompts) if (p, rows) not in self.scores]
+        if missing:
+            for prompt, evaluation in zip(missing, self.harness.evaluate_many([(p, examples) for p in missing])):
+                self.scores[(prompt, rows)] = evaluation
+        return [self.scores[(p, rows)] for p in prompts]
 
     def dev_reserve(self, count: int) -> int:
         """Task calls kept back for the final choice of ``count`` prompts on dev."""
@@ -69,10 +75,9 @@ class TextRun:
         candidates = list(dict.fromkeys(p for p in prompts if p))
         if not candidates:
             raise ValueError(f"{self.name}: no valid prompt was produced; the optimizer LLM's outputs were all rejected")
-        table = []
-        for prompt in self.affordable(candidates, self.dev()):
-            evaluation = self.score(prompt, self.dev(), "dev")
-            table.append({"prompt": prompt, "dev_accuracy": evaluation.accuracy, "dev_parse_rate": evaluation.parse_rate})
+        fitting = self.affordable(candidates, self.dev())
+        table = [{"prompt": prompt, "dev_accuracy": evaluation.accuracy, "dev_parse_rate": evaluation.parse_rate}
+                 for prompt, evaluation in zip(fitting, self.score_all(fitting, self.dev(), "dev"))]
         if not table:
             return candidates[0], [{"prompt": candidates[0], "dev_accuracy": None, "dev_parse_rate": None}]
         best = max(table, key=lambda row: row["dev_accuracy"])  # ties: the earlier, better-ranked prompt

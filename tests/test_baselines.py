@@ -16,6 +16,11 @@ from tests.scripted import ScriptedLLM
 FAST = {"max_reasoning_tokens": 4, "n_dev": 4}
 
 
+def _score_with(monkeypatch, evaluate):
+    """Replace the task model's scoring (single and batched) with ``evaluate(self, prompt, examples)``."""
+    monkeypatch.setattr(Harness, "evaluate_many", lambda self, requests: [evaluate(self, p, e) for p, e in requests])
+
+
 @pytest.fixture
 def scored_by_length(monkeypatch):
     """Task scores that depend on the prompt only (longer prompts score higher), charged as usual."""
@@ -26,7 +31,7 @@ def scored_by_length(monkeypatch):
         return Evaluation(accuracy, tuple([accuracy > 0.5] * len(examples)), tuple(["A"] * len(examples)), 1.0,
                           tuple(["reasoning"] * len(examples)))
 
-    monkeypatch.setattr(Harness, "evaluate", evaluate)
+    _score_with(monkeypatch, evaluate)
 
 
 def _run(name, llm, budget=None, task="navigate", **options):
@@ -64,7 +69,7 @@ def test_protegi_keeps_a_beam_of_the_configured_width(monkeypatch):
         return Evaluation(accuracy, tuple([False] * len(examples)), tuple(["B"] * len(examples)), 1.0,
                           tuple(["because"] * len(examples)))
 
-    monkeypatch.setattr(Harness, "evaluate", evaluate)
+    _score_with(monkeypatch, evaluate)
     llm = ScriptedLLM()
     result = _run("protegi", llm, rounds=3, beam_size=3, minibatch=8, gradient_groups=2, bandit_rounds=3,
                   arms_per_round=4, samples_per_pull=4)
@@ -123,3 +128,19 @@ def test_rejected_outputs_are_still_charged(scored_by_length):
     result = _run("opro", llm, steps=2, samples_per_step=4)
     assert result["budget"]["optimizer_calls"] == 8
     assert result["trajectory"][-1]["rejected_so_far"] >= 4
+
+
+def test_many_prompts_are_scored_in_one_batched_call():
+    model = tiny_local_model()
+    calls = []
+    chat = model.chat
+    model.chat = lambda conversations, *args, **kwargs: calls.append(len(conversations)) or chat(conversations, *args, **kwargs)
+    budget = Budget(None)
+    harness = Harness(tasks.get_task("navigate"), model, budget, max_reasoning_tokens=4)
+    rows = tasks.load_task_data("navigate").train
+    first, second = harness.evaluate_many([("Be brief.", rows[:2]), ("Think.", rows[2:5])])
+    assert calls == [5] and budget.task_calls == 5
+    assert len(first.correct) == 2 and len(second.correct) == 3 and len(second.reasoning) == 3
+    assert first.accuracy == sum(first.correct) / 2 and second.accuracy == sum(second.correct) / 3
+    with pytest.raises(ValueError, match="at least one example"):
+        harness.evaluate_many([("Be brief.", [])])
