@@ -54,7 +54,16 @@ class Completion:
     finish_reason: str
     #: the generated token ids (local models; without the end-of-sequence token)
     token_ids: tuple[int, ...] | None = None
+    #: the answer written after an appended extractor (``LocalModel.chat_and_answer``); its
+    #: prompt_tokens count only the appended tokens
+    answer: Completion | None = None
     cached: bool = field(default=False, compare=False)
+
+    def total_tokens(self) -> tuple[int, int]:
+        """(prompt, completion) tokens, the answer's included."""
+        if self.answer is None:
+            return self.prompt_tokens, self.completion_tokens
+        return self.prompt_tokens + self.answer.prompt_tokens, self.completion_tokens + self.answer.completion_tokens
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -124,8 +133,8 @@ class Backend(ABC):
             self.meter.record(
                 Usage(
                     calls=len(produced),
-                    prompt_tokens=sum(c.prompt_tokens for c in produced),
-                    completion_tokens=sum(c.completion_tokens for c in produced),
+                    prompt_tokens=sum(c.total_tokens()[0] for c in produced),
+                    completion_tokens=sum(c.total_tokens()[1] for c in produced),
                     seconds=elapsed,
                 )
             )
@@ -141,9 +150,13 @@ class Backend(ABC):
 def _storable(completion: Completion) -> dict:
     stored = asdict(completion)
     stored.pop("cached")
+    if stored["answer"] is not None:
+        stored["answer"].pop("cached")
     return stored
 
 
 def _restored(stored: dict) -> Completion:
     token_ids = stored.get("token_ids")
-    return Completion(**{**stored, "token_ids": tuple(token_ids) if token_ids is not None else None}, cached=True)
+    answer = stored.get("answer")
+    return Completion(**{**stored, "token_ids": tuple(token_ids) if token_ids is not None else None,
+                         "answer": _restored(answer) if answer is not None else None}, cached=True)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
-from model_engine.backend import Backend, Completion, GenerationParams, cut_at_stop
+from model_engine.backend import Backend, Completion, GenerationParams, as_messages, cut_at_stop
 from model_engine.cache import GenerationCache
 from model_engine.registry import ModelSpec, get_model_spec
 from model_engine.sources import PreparedModel, prepare
@@ -25,6 +26,15 @@ DEFAULT_BATCH_SIZE = 64
 #: end-of-turn markers of common chat templates, used as extra EOS ids when present
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "<|end|>")
 _PLAIN_LAYOUT = "Question: {question}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class _Followup:
+    """What ``chat_and_answer`` appends once a row's reasoning ends, and how the answer is decoded."""
+
+    after_reasoning: list[int]  # the separator and the extractor
+    alone: list[int]  # the extractor when there is no reasoning
+    params: GenerationParams
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,6 +94,39 @@ class LocalModel(Backend):
         """Continue token-id sequences as they are (callers that build inputs segment by segment)."""
         return self._cached("ids", [list(ids) for ids in sequences], params, self._generate_encoded)
 
+    def chat_and_answer(self, conversations: Sequence, params: GenerationParams, extractor: str,
+                        answer_params: GenerationParams, separator: str = " ") -> list[Completion]:
+        """The reasoning of each conversation, then ``extractor`` appended and the answer, in one pass.
+
+        When a row's reasoning ends, the extractor's tokens are fed to it and decoding goes
+        on, so the answer reuses the row's key/value states instead of running the whole
+        conversation again. The extractor follows the reasoning after ``separator`` (none
+        when the reasoning is empty in a chat turn), as ``tasks.prompt_slot.answer_prefix``
+        writes it; the reasoning's own tokens are kept as generated. Each completion is the
+        reasoning, with the answer in ``.answer``. The answer is greedy.
+        """
+        if not answer_params.greedy:
+            raise ValueError("chat_and_answer decodes the answer greedily; answer_params must have temperature 0")
+        keyed = [{"messages": as_messages(c), "extractor": separator + extractor, "answer": answer_params.cache_fields()}
+                 for c in conversations]
+        followup = _Followup(self._continuation_ids(separator + extractor),
+                             self._continuation_ids(extractor if self.uses_chat_template else separator + extractor),
+                             answer_params)
+
+        def generate(missing: list[dict], params: GenerationParams) -> list[Completion]:
+            rows = [(None, self.encode(self.render(m["messages"]))) for m in missing]
+            return self._generate_rows(rows, params, None, followup)
+
+        return self._cached("chat+answer", keyed, params, generate)
+
+    def _continuation_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` as it tokenizes after other text (no start-of-text effects)."""
+        anchor = self.tokenizer(".", add_special_tokens=False)["input_ids"]
+        joined = self.tokenizer("." + text, add_special_tokens=False)["input_ids"]
+        if joined[: len(anchor)] == anchor:
+            return joined[len(anchor):]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def _generate_chat(self, requests: list[list[dict]], params: GenerationParams, sample_indices: list[int],
                        assistant_prefix: str) -> list[Completion]:
         # Samples differ through the batch's shared random stream (seeded by params.seed).
@@ -123,7 +166,7 @@ class LocalModel(Backend):
         return self._generate_rows([(None, ids) for ids in encoded], params, None)
 
     def _generate_rows(self, rows: list[tuple[int | None, list[int]]], params: GenerationParams,
-                       prefix_cache) -> list[Completion]:
+                       prefix_cache, followup: _Followup | None = None) -> list[Completion]:
         """Length-sorted batches of (prefix index or None, token ids) rows."""
         def length(row):
             return len(row[1]) + (len(prefix_cache.prefixes[row[0]]) if prefix_cache is not None else 0)
@@ -138,7 +181,8 @@ class LocalModel(Backend):
                 else:
                     first = self._prefixed_inputs(prefix_cache, batch)
                 lengths = [length(row) for row in batch]
-                for index, completion in zip(order[start:start + self.batch_size], self._decode(*first, lengths, params)):
+                decoded = self._decode(*first, lengths, params, followup)
+                for index, completion in zip(order[start:start + self.batch_size], decoded):
                     results[index] = completion
         return results  # type: ignore[return-value]
 
@@ -167,19 +211,25 @@ class LocalModel(Backend):
         return input_ids, torch.cat([prefix_mask, suffix_mask], dim=1), positions, cache
 
     def _decode(self, step_input, attention, positions, cache, prompt_lengths: list[int],
-                params: GenerationParams) -> list[Completion]:
+                params: GenerationParams, followup: _Followup | None = None) -> list[Completion]:
         """Decode one batch with a KV cache, dropping rows from it as they finish.
 
         Dropping finished rows (instead of padding them to the longest output, as
-        ``model.generate`` does) keeps every step's work on rows still generating.
+        ``model.generate`` does) keeps every step's work on rows still generating. With a
+        ``followup``, a row whose reasoning ends is fed the extractor's tokens one per
+        step and then writes its answer, while the other rows go on.
         """
-        eos = torch.tensor(self.eos_ids, device=self.device)
+        eos_ids = set(self.eos_ids)
         generator = None if params.greedy else torch.Generator(self.device).manual_seed(params.seed)
         rows = len(prompt_lengths)
         active = list(range(rows))  # original row of each live row
         outputs: list[list[int]] = [[] for _ in range(rows)]
         ended_by_eos = [False] * rows
-        for step in range(params.max_new_tokens):
+        pending: dict[int, list[int]] = {}  # row -> extractor tokens still to feed
+        fed: dict[int, int] = {}  # row -> tokens appended after the reasoning
+        answers: dict[int, list[int]] = {}  # rows writing their answer
+        answer_eos: set[int] = set()
+        while True:
             logits = self.model(
                 input_ids=step_input,
                 attention_mask=attention,
@@ -188,19 +238,49 @@ class LocalModel(Backend):
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1, :]
-            next_tokens = self._pick(logits, params, generator)
-            is_eos = torch.isin(next_tokens, eos).tolist()
-            finished = []
-            for live, (row, token, at_eos) in enumerate(zip(active, next_tokens.tolist(), is_eos)):
+            picked = self._pick(logits, params, generator).tolist()
+            greedy = logits.argmax(dim=-1).tolist() if (pending or answers) and not params.greedy else picked
+            feed, finished = list(picked), []
+            for live, row in enumerate(active):
+                if row in pending:
+                    if pending[row]:  # still feeding the extractor; this prediction is not used
+                        feed[live] = pending[row].pop(0)
+                        continue
+                    del pending[row]
+                    answers[row] = []  # the extractor is in: this prediction is the answer's first token
+                if row in answers:
+                    token = greedy[live]
+                    if token in eos_ids:
+                        answer_eos.add(row)
+                        finished.append(live)
+                        continue
+                    answers[row].append(token)
+                    feed[live] = token
+                    answer_params = followup.params
+                    if len(answers[row]) >= answer_params.max_new_tokens or (
+                            answer_params.stop and self._hits_stop(answers[row], answer_params.stop)):
+                        finished.append(live)
+                    continue
+                token = picked[live]
+                at_eos = token in eos_ids
                 if at_eos:
                     ended_by_eos[row] = True
+                else:
+                    outputs[row].append(token)
+                    if len(outputs[row]) < params.max_new_tokens and not (
+                            params.stop and self._hits_stop(outputs[row], params.stop)):
+                        continue  # feed[live] is the token just generated
+                if followup is None:
                     finished.append(live)
                     continue
-                outputs[row].append(token)
-                if params.stop and self._hits_stop(outputs[row], params.stop):
-                    finished.append(live)
-            if step == params.max_new_tokens - 1 or len(finished) == len(active):
+                # The reasoning is over: feed its last token (unless EOS), then the extractor.
+                queue = ([] if at_eos else [token]) + (followup.after_reasoning if outputs[row] else followup.alone)
+                fed[row] = len(queue)
+                feed[live] = queue.pop(0)
+                pending[row] = queue
+            if len(finished) == len(active):
                 break
+            next_tokens = torch.tensor(feed, device=self.device)
             if finished:
                 keep = [i for i in range(len(active)) if i not in set(finished)]
                 index = torch.tensor(keep, device=self.device)
@@ -211,18 +291,18 @@ class LocalModel(Backend):
             positions = positions[:, -1:] + 1
             step_input = next_tokens[:, None]
         completions = []
-        for prompt_length, new_tokens, at_eos in zip(prompt_lengths, outputs, ended_by_eos):
-            text, at_stop = cut_at_stop(self.tokenizer.decode(new_tokens, skip_special_tokens=True), params.stop)
-            completions.append(
-                Completion(
-                    text=text,
-                    prompt_tokens=prompt_length,
-                    completion_tokens=len(new_tokens) + (1 if at_eos else 0),
-                    finish_reason="stop" if at_eos or at_stop else "length",
-                    token_ids=tuple(new_tokens),
-                )
-            )
+        for row, (prompt_length, new_tokens, at_eos) in enumerate(zip(prompt_lengths, outputs, ended_by_eos)):
+            completion = self._completion(new_tokens, prompt_length, at_eos, params.stop)
+            if followup is not None:
+                answer = self._completion(answers.get(row, []), fed.get(row, 0), row in answer_eos, followup.params.stop)
+                completion = replace(completion, answer=answer)
+            completions.append(completion)
         return completions
+
+    def _completion(self, tokens: list[int], prompt_tokens: int, at_eos: bool, stop: tuple[str, ...]) -> Completion:
+        text, at_stop = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
+        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(tokens) + (1 if at_eos else 0),
+                          finish_reason="stop" if at_eos or at_stop else "length", token_ids=tuple(tokens))
 
     @staticmethod
     def _pick(logits: torch.Tensor, params: GenerationParams, generator) -> torch.Tensor:

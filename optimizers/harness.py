@@ -1,8 +1,10 @@
 """The shared scorer: one prompt slot, one extractor, one parser for every method.
 
-``Harness.evaluate(prompt, examples)`` (or ``evaluate_many`` for several prompts in shared batches) runs the task model's reasoning on each
-(question + prompt), appends the task's extractor, lets the model write the answer and
-scores it with the task's parser. Each (prompt, example) pair is one task call, charged
+``Harness.evaluate(prompt, examples)`` (``evaluate_many`` for several prompts in shared
+batches) runs the task model's reasoning on each (question + prompt), appends the task's
+extractor, lets the model write the answer and scores it with the task's parser. The
+answer continues each row's decoding (``LocalModel.chat_and_answer``) instead of running
+the conversation a second time. Each (prompt, example) pair is one task call, charged
 to the budget once per run. Only train and dev rows ever reach it.
 """
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 from model_engine import GenerationParams
 from optimizers.base import Budget
-from tasks.prompt_slot import answer_prefix, user_message
+from tasks.prompt_slot import EXTRACTOR_SEPARATOR, user_message
 
 ANSWER_TOKENS = 8  # the answer after the extractor is short: a letter, a word, a number
 
@@ -53,12 +55,9 @@ class Harness:
         rows = [(prompt, example) for prompt, examples in requests for example in examples]
         before = self.model.meter.total
         conversations = [self.conversation(e.question, prompt) for prompt, e in rows]
-        reasoning = self.model.chat(conversations, self.reasoning_params)
-        continuations = [
-            self.model.render(conversation, assistant_prefix=answer_prefix(r.text, self.task.extractor))
-            for conversation, r in zip(conversations, reasoning)
-        ]
-        outputs = self.model.complete(continuations, self.answer_params)
+        reasoning = self.model.chat_and_answer(conversations, self.reasoning_params, self.task.extractor,
+                                               self.answer_params, EXTRACTOR_SEPARATOR)
+        outputs = [r.answer for r in reasoning]
         self.budget.task_usage = self.budget.task_usage + (self.model.meter.total - before)
         answers = [self.task.parse_answer(o.text, r.text) for o, r in zip(outputs, reasoning)]
         correct = [a is not None and a == self.task.answer_format.canonical(e.gold) for a, (_, e) in zip(answers, rows)]

@@ -133,8 +133,8 @@ def test_rejected_outputs_are_still_charged(scored_by_length):
 def test_many_prompts_are_scored_in_one_batched_call():
     model = tiny_local_model()
     calls = []
-    chat = model.chat
-    model.chat = lambda conversations, *args, **kwargs: calls.append(len(conversations)) or chat(conversations, *args, **kwargs)
+    generate = model.chat_and_answer
+    model.chat_and_answer = lambda conversations, *args: calls.append(len(conversations)) or generate(conversations, *args)
     budget = Budget(None)
     harness = Harness(tasks.get_task("navigate"), model, budget, max_reasoning_tokens=4)
     rows = tasks.load_task_data("navigate").train

@@ -176,3 +176,35 @@ def test_prefix_cache_generation_equals_full_sequences():
         ids = torch.tensor([prefixes[2]])
         expected = model.model(input_ids=ids).logits[0, -1].float()
     assert torch.allclose(prefix_cache.last_logits[2], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_chat_and_answer_continues_each_row_as_its_full_sequence_would(batch_size):
+    """The fused answer equals greedy decoding of prompt + reasoning tokens + extractor, row by row."""
+    model = tiny_local_model(batch_size=batch_size)
+    reasoning_params, answer_params = GenerationParams(max_new_tokens=7), GenerationParams(max_new_tokens=5)
+    fused = model.chat_and_answer(PROMPTS, reasoning_params, "So the answer is", answer_params)
+    plain = model.chat(PROMPTS, reasoning_params)
+    assert [c.token_ids for c in fused] == [c.token_ids for c in plain]  # the reasoning is untouched
+    for prompt, completion in zip(PROMPTS, fused):
+        extractor = model._continuation_ids(" So the answer is" if completion.token_ids else "So the answer is")
+        full = model.encode(model.render([{"role": "user", "content": prompt}])) + list(completion.token_ids) + extractor
+        (reference,) = model.complete_ids([full], answer_params)
+        assert completion.answer.token_ids == reference.token_ids
+        ended_by_eos = completion.completion_tokens == len(completion.token_ids) + 1
+        # the appended tokens: the reasoning's last token unless it was EOS, then the extractor
+        assert completion.answer.prompt_tokens == len(extractor) + (0 if ended_by_eos else 1)
+    assert model.chat_and_answer(PROMPTS, reasoning_params, "So the answer is", answer_params) == fused
+
+
+def test_chat_and_answer_is_cached_with_its_answer(tmp_path):
+    model = tiny_local_model()
+    model.cache = GenerationCache(tmp_path / "c.sqlite")
+    args = (PROMPTS, GenerationParams(max_new_tokens=6), "Answer:", GenerationParams(max_new_tokens=3))
+    first = model.chat_and_answer(*args)
+    calls = model.meter.total.calls
+    again = model.chat_and_answer(*args)
+    assert again == first and all(c.cached and c.answer is not None for c in again)
+    assert model.meter.total.calls == calls
+    other = model.chat_and_answer(PROMPTS, args[1], "Final:", args[3])  # another extractor is another request
+    assert model.meter.total.calls == calls + len(PROMPTS) and not any(c.cached for c in other)

@@ -37,13 +37,15 @@ class Recorder:
 
     def __init__(self, model):
         self.inputs: list[str] = []
-        original = model._generate_encoded
+        original = model._generate_rows  # every generation path ends here
 
-        def recording(encoded, params):
-            self.inputs += [model.tokenizer.decode(ids) for ids in encoded]
-            return original(encoded, params)
+        def recording(rows, params, prefix_cache, *args):
+            for prefix, ids in rows:
+                full = (prefix_cache.prefixes[prefix] if prefix is not None else []) + list(ids)
+                self.inputs.append(model.tokenizer.decode(full))
+            return original(rows, params, prefix_cache, *args)
 
-        model._generate_encoded = recording
+        model._generate_rows = recording
 
 
 def _optimize(name, seed=0, budget=BUDGET):
