@@ -8,7 +8,8 @@ Reports, in one run on this machine:
 - the rollouts' generation throughput against the engine's best measured throughput
   (64 BBH questions, 128 new tokens, same run), and against the plain engine path
   (full sequences, no prefix cache) replaying the step's own rollout requests: short,
-  ragged rollouts decode the tail of a batch with few rows, which no batching avoids.
+  ragged rollouts decode the tail of a batch with few rows, which no batching avoids;
+  and the same prefix-cached rows without drafted tail steps (``LocalModel._speculate``).
 
 Targets: "other" under 10% of a step; rollouts at >= 80% of the engine's best.
 Results are printed and written to results/benchmarks/greater_step.json.
@@ -69,16 +70,19 @@ def main() -> None:
              "trajectory": []}
     flops_per_token = 2 * matmul_parameters(model.model)
     recorded: list = []  # the rollout requests of the current step, replayed through the plain engine path
+    recorded_rows: list = []  # and the same rows replayed through the prefix cache without drafted steps
     original = model.complete_prefixed
 
     def recording(prefix_cache, rows, params):
         recorded.extend(prefix_cache.prefixes[i] + list(suffix) for i, suffix in rows)
+        recorded_rows.extend(rows)
         return original(prefix_cache, rows, params)
 
     model.complete_prefixed = recording
     steps = []
     for _ in range(args.steps):
         recorded.clear()
+        recorded_rows.clear()
         phases_before, budget_before = dict(run.phase_seconds), budget.record()
         meter_before = model.meter.total
         started = time.perf_counter()
@@ -96,11 +100,19 @@ def main() -> None:
         replay_started = time.perf_counter()
         replay = model._generate_encoded(list(recorded), run.reasoning) if recorded else []
         replay_speed = sum(c.completion_tokens for c in replay) / (time.perf_counter() - replay_started) if replay else 0.0
+        undrafted_speed, drafting = 0.0, model.speculate_rows
+        if recorded_rows:
+            model.speculate_rows = 0
+            undrafted_started = time.perf_counter()
+            undrafted = model._generate_rows(list(recorded_rows), run.reasoning, run.prefix_cache)
+            undrafted_speed = sum(c.completion_tokens for c in undrafted) / (time.perf_counter() - undrafted_started)
+            model.speculate_rows = drafting
         steps.append({
             "seconds": seconds, "phases": phases, "task_calls": task_calls, "task_calls_per_s": task_calls / seconds,
             "generated_tokens": generated.completion_tokens, "rollout_tokens_per_s": rollout_speed,
             "rollouts_vs_engine_best": rollout_speed / engine_best,
             "same_requests_plain_engine_tokens_per_s": replay_speed,
+            "same_rows_without_drafted_steps_tokens_per_s": undrafted_speed,
             "rollouts_vs_same_requests_plain_engine": rollout_speed / replay_speed if replay_speed else None, "mfu": flops / seconds / (peak * 1e9),
             "other_share": phases["other"] / seconds, "prompt": state["trajectory"][-1]["prompt"],
         })
@@ -108,7 +120,7 @@ def main() -> None:
         print(f"step {len(steps)}: {seconds:.1f} s | " + ", ".join(f"{p} {v:.1f}" for p, v in phases.items())
               + f" | {task_calls / seconds:.2f} task calls/s | rollouts {rollout_speed:.1f} tok/s "
               f"({s['rollouts_vs_engine_best']:.0%} of engine best; plain engine on the same requests "
-              f"{replay_speed:.1f} tok/s) | MFU {s['mfu']:.1%} | other {s['other_share']:.1%}")
+              f"{replay_speed:.1f} tok/s, without drafted steps {undrafted_speed:.1f}) | MFU {s['mfu']:.1%} | other {s['other_share']:.1%}")
     mean = lambda key: sum(s[key] for s in steps) / len(steps)  # noqa: E731
     summary = {
         "seconds_per_step": mean("seconds"),
@@ -118,6 +130,7 @@ def main() -> None:
         "other_share": mean("other_share"),
         "rollouts_vs_engine_best": mean("rollouts_vs_engine_best"),
         "same_requests_plain_engine_tokens_per_s": mean("same_requests_plain_engine_tokens_per_s"),
+        "same_rows_without_drafted_steps_tokens_per_s": mean("same_rows_without_drafted_steps_tokens_per_s"),
         "targets": {"other_share_below": 0.10, "rollouts_vs_engine_best_at_least": 0.80},
     }
     print("mean: " + json.dumps(summary))

@@ -76,6 +76,21 @@ def tiny_local_model(chat: bool = True, seed: int = 0, **kwargs):
     return from_pretrained_objects(spec, build_tiny_llama(tokenizer, seed), tokenizer, **kwargs)
 
 
+def tiny_gemma3_local_model():
+    """A tiny random Gemma 3: embedding scale sqrt(d), sliding-window layers."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from model_engine.local import from_pretrained_objects
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=2048,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                              bos_token_id=tokenizer.bos_token_id)
+    return from_pretrained_objects(ModelSpec("tiny-gemma", "none/tiny"), Gemma3ForCausalLM(config), tokenizer)
+
+
 @pytest.fixture
 def tiny_model():
     return tiny_local_model()

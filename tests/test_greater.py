@@ -13,11 +13,9 @@ import pytest
 import torch
 
 import tasks
-from model_engine.local import from_pretrained_objects
-from model_engine.registry import ModelSpec
 from optimizers.base import Budget, Checkpoint, OptionError, get_optimizer, validate_result
 from optimizers.greater import GreaterOptions, GreaterRun, Scored, allowed_token_mask, propose_candidates
-from tests.conftest import build_tiny_tokenizer, tiny_local_model
+from tests.conftest import build_tiny_tokenizer, tiny_gemma3_local_model, tiny_local_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(n_train=3, steps=2, max_reasoning_tokens=5, final_candidates=2, n_dev=2, topk=5, grad_batch_size=2)
@@ -29,15 +27,7 @@ def _run(model, **options):
 
 
 def _tiny_gemma():
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=2048,
-                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                              bos_token_id=tokenizer.bos_token_id)
-    return from_pretrained_objects(ModelSpec("tiny-gemma", "none/tiny"), Gemma3ForCausalLM(config), tokenizer)
+    return tiny_gemma3_local_model()
 
 
 def _explicit_one_hot_gradient(run, prompt, pos, candidates, reasoning, embedding_scale):
