@@ -137,7 +137,7 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
         answer_tasks[cell.name] = name
     second = simple_evaluate(model=lm, tasks=list(answer_tasks.values()), task_manager=TaskManager(include_path=str(workdir)),
                              apply_chat_template=apply_chat_template, log_samples=True, bootstrap_iters=0,
-                            use_cache=use_cache)
+                             use_cache=use_cache)
 
     results = {}
     for cell in cells:

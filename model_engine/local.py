@@ -173,21 +173,19 @@ class LocalModel(Backend):
     def _generate_rows(self, rows: list[tuple[int | None, list[int]]], params: GenerationParams,
                        prefix_cache, followup: _Followup | None = None) -> list[Completion]:
         """Length-sorted batches of (prefix index or None, token ids) rows."""
-        def length(row):
-            return len(row[1]) + (len(prefix_cache.prefixes[row[0]]) if prefix_cache is not None else 0)
-
-        order = sorted(range(len(rows)), key=lambda i: length(rows[i]), reverse=True)
+        contexts = [(prefix_cache.prefixes[i] if prefix_cache is not None else []) + list(ids) for i, ids in rows]
+        order = sorted(range(len(rows)), key=lambda i: len(contexts[i]), reverse=True)
         results: list[Completion | None] = [None] * len(rows)
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
-                batch = [rows[i] for i in order[start:start + self.batch_size]]
+                chunk = order[start:start + self.batch_size]
+                batch = [rows[i] for i in chunk]
                 if prefix_cache is None:
                     first = self._prefill_inputs([ids for _, ids in batch])
                 else:
                     first = self._prefixed_inputs(prefix_cache, batch)
-                contexts = [(prefix_cache.prefixes[i] if prefix_cache is not None else []) + list(ids) for i, ids in batch]
-                decoded = self._decode(*first, contexts, params, followup)
-                for index, completion in zip(order[start:start + self.batch_size], decoded):
+                decoded = self._decode(*first, [contexts[i] for i in chunk], params, followup)
+                for index, completion in zip(chunk, decoded):
                     results[index] = completion
         return results  # type: ignore[return-value]
 
