@@ -5,7 +5,9 @@ Measures, in one run on this machine:
 - per model: tokens/s of plain batch-1 ``model.generate`` on a few BBH questions, and of
   the engine (length-sorted batches, finished rows dropped) on 64 BBH questions with
   128 new tokens; the speed-up; the model-FLOPs utilisation (2 x matmul parameters per
-  generated token against the fp32 peak).
+  generated token against the fp32 peak);
+- per model: one decode step at 1-16 rows with the linear layers as PyTorch runs them
+  and with the engine's small-rows form (``model_engine.local.SMALL_ROWS``), side by side.
 
 Results are printed and written to results/benchmarks/engine.json.
     python -m benchmarks.engine [--models smollm2-135m qwen2.5-coder-0.5b] [--batch-sizes 16 32 64]
@@ -27,9 +29,10 @@ import torch  # noqa: E402
 
 import tasks  # noqa: E402
 from model_engine import GenerationParams  # noqa: E402
-from model_engine.local import load_model  # noqa: E402
+from model_engine.local import load_model, use_small_rows_linear  # noqa: E402
 
 OUTPUT = Path("results/benchmarks/engine.json")
+DECODE_ROWS = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 def matmul_peak_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
@@ -47,6 +50,51 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) 
 def matmul_parameters(model) -> int:
     """Parameters used in a matmul per generated token (all linear layers, LM head included)."""
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def decode_step_seconds(engine, batch_sizes, context: int, repeats: int = 7) -> dict[int, float]:
+    """Median seconds of one greedy one-token decode step at each batch size, with ``context`` cached tokens."""
+    from transformers import DynamicCache
+
+    net, seconds = engine.model, {}
+    with torch.inference_mode():
+        ids = torch.randint(100, 1000, (1, context), device=engine.device)
+        for batch in batch_sizes:
+            cache = DynamicCache(config=net.config)
+            net(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(batch)  # every row the same context: prefill once
+            attention = torch.ones((batch, context + 1), dtype=torch.long, device=engine.device)
+            positions = torch.full((batch, 1), context, device=engine.device)
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                net(input_ids=ids[:, :1].expand(batch, 1), attention_mask=attention, position_ids=positions,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits.argmax(-1)
+                times.append(time.perf_counter() - started)
+                cache.crop(-1)
+            seconds[batch] = sorted(times)[repeats // 2]
+    return seconds
+
+
+def ragged_bound_tokens_per_s(lengths: list[int], step_seconds: dict[int, float]) -> float:
+    """The most tokens/s one-token decoding of rows with these output lengths can reach.
+
+    After the prefill (left out: this is an upper bound) gives each row its first token,
+    decode step k runs the rows longer than k, at the measured cost of a step at that
+    batch size (linear between measured sizes).
+    """
+    sizes = sorted(step_seconds)
+
+    def cost(batch: int) -> float:
+        above = next((s for s in sizes if s >= batch), sizes[-1])
+        below = max((s for s in sizes if s <= batch), default=sizes[0])
+        if above == below:
+            return step_seconds[above] * (batch / above if batch > above else 1.0)
+        share = (batch - below) / (above - below)
+        return step_seconds[below] + share * (step_seconds[above] - step_seconds[below])
+
+    seconds = sum(cost(sum(1 for n in lengths if n > k)) for k in range(1, max(lengths, default=0)))
+    return sum(lengths) / seconds if seconds else 0.0
 
 
 def questions(count: int) -> list[str]:
@@ -111,6 +159,16 @@ def main() -> None:
             print(f"{name}: engine, batch {batch_size}: {speed:.1f} tokens/s ({tokens} tokens in {seconds:.1f} s), "
                   f"{speed / baseline:.2f}x plain, MFU {runs[batch_size]['mfu_fp32']:.1%}")
         best = max(runs, key=lambda b: runs[b]["tokens_per_s"])
+        decode_steps = {}
+        for small_rows in (False, True):
+            use_small_rows_linear(engine.model, small_rows)
+            decode_steps["small_rows_linear" if small_rows else "pytorch_linear"] = decode_step_seconds(
+                engine, DECODE_ROWS, context=160)
+        use_small_rows_linear(engine.model, engine.small_rows_linear)  # as the engine runs
+        for rows in DECODE_ROWS:
+            plain, small = decode_steps["pytorch_linear"][rows], decode_steps["small_rows_linear"][rows]
+            print(f"{name}: decode step, {rows} rows: {plain * 1000:.0f} ms with PyTorch's linear, "
+                  f"{small * 1000:.0f} ms small-rows form ({plain / small:.2f}x)")
         report["models"][name] = {
             "matmul_parameters": flops_per_token // 2,
             "plain_generate_batch1_tokens_per_s": baseline,
@@ -118,6 +176,7 @@ def main() -> None:
             "engine": runs,
             "best_batch_size": best,
             "speedup_vs_plain": runs[best]["tokens_per_s"] / baseline,
+            "decode_step_seconds": decode_steps,
             "target_speedup": 4.0,
         }
         print(f"{name}: best batch {best}: {report['models'][name]['speedup_vs_plain']:.2f}x plain (target 4x)")

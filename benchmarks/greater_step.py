@@ -9,7 +9,11 @@ Reports, in one run on this machine:
   (64 BBH questions, 128 new tokens, same run), and against the plain engine path
   (full sequences, no prefix cache) replaying the step's own rollout requests: short,
   ragged rollouts decode the tail of a batch with few rows, which no batching avoids;
-  and the same prefix-cached rows without drafted tail steps (``LocalModel._speculate``).
+  and the same prefix-cached rows without drafted tail steps (``LocalModel._speculate``);
+- the ragged bound: the most tokens/s that one-token decoding of rows with the step's
+  own output lengths can reach, from one-token decode steps timed at each batch size in
+  the same run (prefill left out). Rollouts whose lengths run from 1 to 128 tokens
+  cannot decode faster than this, however they are batched.
 
 Targets: "other" under 10% of a step; rollouts at >= 80% of the engine's best.
 Results are printed and written to results/benchmarks/greater_step.json.
@@ -31,7 +35,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 import tasks  # noqa: E402
-from benchmarks.engine import engine_tokens_per_s, matmul_parameters, matmul_peak_gflops, questions  # noqa: E402
+from benchmarks.engine import (
+    decode_step_seconds,
+    engine_tokens_per_s,
+    matmul_parameters,
+    matmul_peak_gflops,
+    questions,
+    ragged_bound_tokens_per_s,
+)  # noqa: E402
 from model_engine.local import load_model  # noqa: E402
 from optimizers.base import Budget, Checkpoint  # noqa: E402
 from optimizers.greater import GreaterOptions, GreaterRun  # noqa: E402
@@ -71,18 +82,27 @@ def main() -> None:
     flops_per_token = 2 * matmul_parameters(model.model)
     recorded: list = []  # the rollout requests of the current step, replayed through the plain engine path
     recorded_rows: list = []  # and the same rows replayed through the prefix cache without drafted steps
+    lengths: list[int] = []  # the rollouts' output lengths, for the ragged bound
     original = model.complete_prefixed
 
     def recording(prefix_cache, rows, params):
         recorded.extend(prefix_cache.prefixes[i] + list(suffix) for i, suffix in rows)
         recorded_rows.extend(rows)
-        return original(prefix_cache, rows, params)
+        completions = original(prefix_cache, rows, params)
+        lengths.extend(c.completion_tokens for c in completions)
+        return completions
 
     model.complete_prefixed = recording
+    # a tail row's typical cached context: its question, the prompt and half the reasoning
+    context = sum(len(e.prefix) for e in run.examples) // len(run.examples) + len(prompt) + args.max_reasoning_tokens // 2
+    step_seconds = decode_step_seconds(model, (1, 2, 4, 8, 16, 32, 48, 64), context)
+    print(f"one-token decode step (s) by batch size, {context} cached tokens: "
+          + ", ".join(f"{b}: {t:.3f}" for b, t in step_seconds.items()))
     steps = []
     for _ in range(args.steps):
         recorded.clear()
         recorded_rows.clear()
+        lengths.clear()
         phases_before, budget_before = dict(run.phase_seconds), budget.record()
         meter_before = model.meter.total
         started = time.perf_counter()
@@ -107,12 +127,16 @@ def main() -> None:
             undrafted = model._generate_rows(list(recorded_rows), run.reasoning, run.prefix_cache)
             undrafted_speed = sum(c.completion_tokens for c in undrafted) / (time.perf_counter() - undrafted_started)
             model.speculate_rows = drafting
+        bound = ragged_bound_tokens_per_s(lengths, step_seconds)
         steps.append({
             "seconds": seconds, "phases": phases, "task_calls": task_calls, "task_calls_per_s": task_calls / seconds,
             "generated_tokens": generated.completion_tokens, "rollout_tokens_per_s": rollout_speed,
             "rollouts_vs_engine_best": rollout_speed / engine_best,
             "same_requests_plain_engine_tokens_per_s": replay_speed,
             "same_rows_without_drafted_steps_tokens_per_s": undrafted_speed,
+            "ragged_bound_tokens_per_s": bound, "ragged_bound_vs_engine_best": bound / engine_best,
+            "rollouts_vs_ragged_bound": rollout_speed / bound if bound else None,
+            "rollout_lengths": sorted(lengths),
             "rollouts_vs_same_requests_plain_engine": rollout_speed / replay_speed if replay_speed else None, "mfu": flops / seconds / (peak * 1e9),
             "other_share": phases["other"] / seconds, "prompt": state["trajectory"][-1]["prompt"],
         })
@@ -120,7 +144,8 @@ def main() -> None:
         print(f"step {len(steps)}: {seconds:.1f} s | " + ", ".join(f"{p} {v:.1f}" for p, v in phases.items())
               + f" | {task_calls / seconds:.2f} task calls/s | rollouts {rollout_speed:.1f} tok/s "
               f"({s['rollouts_vs_engine_best']:.0%} of engine best; plain engine on the same requests "
-              f"{replay_speed:.1f} tok/s, without drafted steps {undrafted_speed:.1f}) | MFU {s['mfu']:.1%} | other {s['other_share']:.1%}")
+              f"{replay_speed:.1f} tok/s, without drafted steps {undrafted_speed:.1f}; ragged bound {bound:.1f} tok/s = "
+              f"{bound / engine_best:.0%} of engine best) | MFU {s['mfu']:.1%} | other {s['other_share']:.1%}")
     mean = lambda key: sum(s[key] for s in steps) / len(steps)  # noqa: E731
     summary = {
         "seconds_per_step": mean("seconds"),
@@ -131,12 +156,16 @@ def main() -> None:
         "rollouts_vs_engine_best": mean("rollouts_vs_engine_best"),
         "same_requests_plain_engine_tokens_per_s": mean("same_requests_plain_engine_tokens_per_s"),
         "same_rows_without_drafted_steps_tokens_per_s": mean("same_rows_without_drafted_steps_tokens_per_s"),
+        "ragged_bound_vs_engine_best": mean("ragged_bound_vs_engine_best"),
+        "rollouts_vs_ragged_bound": mean("rollouts_vs_ragged_bound"),
         "targets": {"other_share_below": 0.10, "rollouts_vs_engine_best_at_least": 0.80},
     }
     print("mean: " + json.dumps(summary))
     report = {"model": args.model, "task": args.task, "dtype": args.dtype, "n_train": args.n_train,
               "max_reasoning_tokens": args.max_reasoning_tokens, "threads": args.threads, "cores": os.cpu_count(),
-              "matmul_peak_gflops": peak, "engine_best_tokens_per_s": engine_best, "steps": steps, "summary": summary}
+              "matmul_peak_gflops": peak, "engine_best_tokens_per_s": engine_best,
+              "decode_step_seconds": {str(b): t for b, t in step_seconds.items()}, "decode_step_context": context,
+              "steps": steps, "summary": summary}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.output}")

@@ -8,6 +8,7 @@ the evaluator in one process share one copy.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -70,6 +71,8 @@ class LocalModel(Backend):
         from model_engine.prefix_cache import supports as full_attention_only
 
         self.speculate_rows = SPECULATE_ROWS if full_attention_only(model) else 0
+        self.small_rows_linear = self.device.type == "cpu" and dtype == "float32"
+        use_small_rows_linear(model, self.small_rows_linear)
         self._lock = threading.Lock()  # one generation at a time per loaded model
 
     # ---- prompts ---------------------------------------------------------------------
@@ -408,6 +411,33 @@ def propose_draft(tokens: list[int], count: int) -> list[int]:
             if tokens[start:start + n] == tail:
                 return tokens[start + n:start + n + count]
     return []
+
+
+#: row counts at which CPU fp32 linear layers compute ``(W @ x^T)^T`` instead of ``x @ W^T``.
+#: With a few rows PyTorch's CPU GEMM is slow at ``x @ W^T`` (2 or 3 rows take longer than
+#: 1 or 8), while ``W @ x^T`` with ``x^T`` left a transposed view is up to 2.8x faster per
+#: decode step: the steps of a batch's tail. ``python -m benchmarks.engine`` measures both.
+SMALL_ROWS = range(2, 17)
+
+
+def _small_rows_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    rows = x.numel() // module.in_features
+    if rows not in SMALL_ROWS:
+        return torch.nn.functional.linear(x, module.weight, module.bias)
+    # ``x^T`` must stay a view: a contiguous copy falls back to the slow kernel
+    out = (module.weight @ x.reshape(rows, module.in_features).T).T.contiguous()
+    out = out.reshape(*x.shape[:-1], module.out_features)
+    return out if module.bias is None else out + module.bias
+
+
+def use_small_rows_linear(model, enabled: bool = True) -> None:
+    """Route the model's linear layers through ``_small_rows_linear`` (or back to their own forward)."""
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            if enabled:
+                module.forward = functools.partial(_small_rows_linear, module)
+            else:
+                module.__dict__.pop("forward", None)
 
 
 _LOADED: dict[tuple, LocalModel] = {}

@@ -141,6 +141,31 @@ def test_bfloat16_runs():
     assert model.chat(PROMPTS[:2], GenerationParams(max_new_tokens=4))[0].prompt_tokens > 0
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_small_rows_linear_computes_what_pytorch_linear_does(bias):
+    from model_engine.local import use_small_rows_linear
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 48, bias=bias))
+    layer = net[0]
+    inputs = [torch.randn(rows, 1, 32) for rows in range(1, 21)] + [torch.randn(2, 3, 32), torch.randn(5, 32)]
+    expected = [layer(x) for x in inputs]
+    use_small_rows_linear(net)
+    assert "forward" in layer.__dict__
+    for x, want in zip(inputs, expected):
+        got = layer(x)
+        assert got.shape == want.shape and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    use_small_rows_linear(net, False)
+    assert "forward" not in layer.__dict__
+
+
+def test_small_rows_linear_only_for_cpu_float32():
+    assert tiny_local_model().small_rows_linear
+    assert "forward" in tiny_local_model().model.lm_head.__dict__
+    assert not tiny_local_model(dtype="bfloat16").small_rows_linear
+
+
 def test_complete_ids_matches_chat_and_returns_token_ids(tiny_model):
     params = GenerationParams(max_new_tokens=6)
     by_text = tiny_model.chat(PROMPTS[:3], params)
