@@ -10,7 +10,6 @@ Reports, in one run on this machine:
   kept), and against the plain engine path
   (full sequences, no prefix cache) replaying the step's own rollout requests: short,
   ragged rollouts decode the tail of a batch with few rows, which no batching avoids;
-  and the same prefix-cached rows without drafted tail steps (``LocalModel._speculate``);
 - the ragged bound: the most tokens/s that one-token decoding of rows with the step's
   own output lengths can reach, from one-token decode steps timed at each batch size in
   the same run (prefill left out). Rollouts whose lengths run from 1 to 128 tokens
@@ -90,13 +89,11 @@ def main() -> None:
              "trajectory": []}
     flops_per_token = 2 * matmul_parameters(model.model)
     recorded: list = []  # the rollout requests of the current step, replayed through the plain engine path
-    recorded_rows: list = []  # and the same rows replayed through the prefix cache without drafted steps
     lengths: list[int] = []  # the rollouts' output lengths, for the ragged bound
     original = model.complete_prefixed
 
     def recording(prefix_cache, rows, params):
         recorded.extend(prefix_cache.prefixes[i] + list(suffix) for i, suffix in rows)
-        recorded_rows.extend(rows)
         completions = original(prefix_cache, rows, params)
         lengths.extend(c.completion_tokens for c in completions)
         return completions
@@ -110,7 +107,6 @@ def main() -> None:
     steps = []
     for _ in range(args.steps):
         recorded.clear()
-        recorded_rows.clear()
         lengths.clear()
         phases_before, budget_before = dict(run.phase_seconds), budget.record()
         meter_before = model.meter.total
@@ -129,19 +125,11 @@ def main() -> None:
         replay_started = time.perf_counter()
         replay = model._generate_encoded(list(recorded), run.reasoning) if recorded else []
         replay_speed = sum(c.completion_tokens for c in replay) / (time.perf_counter() - replay_started) if replay else 0.0
-        undrafted_speed, drafting = 0.0, model.speculate_rows
-        if recorded_rows:
-            model.speculate_rows = 0
-            undrafted_started = time.perf_counter()
-            undrafted = model._generate_rows(list(recorded_rows), run.reasoning, run.prefix_cache)
-            undrafted_speed = sum(c.completion_tokens for c in undrafted) / (time.perf_counter() - undrafted_started)
-            model.speculate_rows = drafting
         bound = ragged_bound_tokens_per_s(lengths, step_seconds)
         steps.append({
             "seconds": seconds, "phases": phases, "task_calls": task_calls, "task_calls_per_s": task_calls / seconds,
             "generated_tokens": generated.completion_tokens, "rollout_tokens_per_s": rollout_speed,
             "same_requests_plain_engine_tokens_per_s": replay_speed,
-            "same_rows_without_drafted_steps_tokens_per_s": undrafted_speed,
             "ragged_bound_tokens_per_s": bound, "rollouts_vs_ragged_bound": rollout_speed / bound if bound else None,
             "rollout_lengths": sorted(lengths),
             "rollouts_vs_same_requests_plain_engine": rollout_speed / replay_speed if replay_speed else None,
@@ -151,7 +139,7 @@ def main() -> None:
         s = steps[-1]
         print(f"step {len(steps)}: {seconds:.1f} s | " + ", ".join(f"{p} {v:.1f}" for p, v in phases.items())
               + f" | {task_calls / seconds:.2f} task calls/s | rollouts {rollout_speed:.1f} tok/s (plain engine on "
-              f"the same requests {replay_speed:.1f}, without drafted steps {undrafted_speed:.1f}, ragged bound "
+              f"the same requests {replay_speed:.1f}, ragged bound "
               f"{bound:.1f}) | MFU {s['mfu']:.1%} | other {s['other_share']:.1%}")
     engine_runs.append(engine_best_now())
     engine_best = max(engine_runs)
@@ -172,7 +160,6 @@ def main() -> None:
         "all_rollouts_vs_engine_best": sum(s["generated_tokens"] for s in steps)
         / sum(s["phases"]["rollouts"] for s in steps) / engine_best,
         "same_requests_plain_engine_tokens_per_s": mean("same_requests_plain_engine_tokens_per_s"),
-        "same_rows_without_drafted_steps_tokens_per_s": mean("same_rows_without_drafted_steps_tokens_per_s"),
         "ragged_bound_vs_engine_best": mean("ragged_bound_vs_engine_best"),
         "rollouts_vs_ragged_bound": mean("rollouts_vs_ragged_bound"),
         "targets": {"other_share_below": 0.10, "rollouts_vs_engine_best_at_least": 0.80},

@@ -66,11 +66,6 @@ class LocalModel(Backend):
         self.uses_chat_template = spec.chat and bool(getattr(tokenizer, "chat_template", None))
         self.eos_ids = self._end_ids()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        #: rows at or below which greedy decoding checks drafted tokens (0: never). Masked-out
-        #: draft slots would shorten a sliding window, so only full-attention models draft.
-        from model_engine.prefix_cache import supports as full_attention_only
-
-        self.speculate_rows = SPECULATE_ROWS if full_attention_only(model) else 0
         self.small_rows_linear = self.device.type == "cpu" and dtype == "float32"
         use_small_rows_linear(model, self.small_rows_linear)
         self._lock = threading.Lock()  # one generation at a time per loaded model
@@ -176,8 +171,8 @@ class LocalModel(Backend):
     def _generate_rows(self, rows: list[tuple[int | None, list[int]]], params: GenerationParams,
                        prefix_cache, followup: _Followup | None = None) -> list[Completion]:
         """Length-sorted batches of (prefix index or None, token ids) rows."""
-        contexts = [(prefix_cache.prefixes[i] if prefix_cache is not None else []) + list(ids) for i, ids in rows]
-        order = sorted(range(len(rows)), key=lambda i: len(contexts[i]), reverse=True)
+        lengths = [(len(prefix_cache.prefixes[i]) if prefix_cache is not None else 0) + len(ids) for i, ids in rows]
+        order = sorted(range(len(rows)), key=lambda i: lengths[i], reverse=True)
         results: list[Completion | None] = [None] * len(rows)
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
@@ -187,7 +182,7 @@ class LocalModel(Backend):
                     first = self._prefill_inputs([ids for _, ids in batch])
                 else:
                     first = self._prefixed_inputs(prefix_cache, batch)
-                decoded = self._decode(*first, [contexts[i] for i in chunk], params, followup)
+                decoded = self._decode(*first, [lengths[i] for i in chunk], params, followup)
                 for index, completion in zip(chunk, decoded):
                     results[index] = completion
         return results  # type: ignore[return-value]
@@ -216,7 +211,7 @@ class LocalModel(Backend):
         positions = prefix_lengths[:, None] + suffix_positions
         return input_ids, torch.cat([prefix_mask, suffix_mask], dim=1), positions, cache
 
-    def _decode(self, step_input, attention, positions, cache, contexts: list[list[int]],
+    def _decode(self, step_input, attention, positions, cache, prompt_lengths: list[int],
                 params: GenerationParams, followup: _Followup | None = None) -> list[Completion]:
         """Decode one batch with a KV cache, dropping rows from it as they finish.
 
@@ -227,7 +222,7 @@ class LocalModel(Backend):
         """
         eos_ids = set(self.eos_ids)
         generator = None if params.greedy else torch.Generator(self.device).manual_seed(params.seed)
-        rows = len(contexts)
+        rows = len(prompt_lengths)
         active = list(range(rows))  # original row of each live row
         outputs: list[list[int]] = [[] for _ in range(rows)]
         ended_by_eos = [False] * rows
@@ -235,12 +230,7 @@ class LocalModel(Backend):
         fed: dict[int, int] = {}  # row -> tokens appended after the reasoning
         answers: dict[int, list[int]] = {}  # rows writing their answer
         answer_eos: set[int] = set()
-        first_step = True
         while True:
-            if (not first_step and followup is None and params.greedy and len(active) <= self.speculate_rows):
-                self._speculate(step_input, attention, positions, cache, active, outputs, ended_by_eos, contexts, params)
-                break
-            first_step = False
             logits = self.model(
                 input_ids=step_input,
                 attention_mask=attention,
@@ -302,74 +292,13 @@ class LocalModel(Backend):
             positions = positions[:, -1:] + 1
             step_input = next_tokens[:, None]
         completions = []
-        for row, (context, new_tokens, at_eos) in enumerate(zip(contexts, outputs, ended_by_eos)):
-            completion = self._completion(new_tokens, len(context), at_eos, params.stop)
+        for row, (prompt_length, new_tokens, at_eos) in enumerate(zip(prompt_lengths, outputs, ended_by_eos)):
+            completion = self._completion(new_tokens, prompt_length, at_eos, params.stop)
             if followup is not None:
                 answer = self._completion(answers.get(row, []), fed.get(row, 0), row in answer_eos, followup.params.stop)
                 completion = replace(completion, answer=answer)
             completions.append(completion)
         return completions
-
-    def _speculate(self, step_input, attention, positions, cache, active: list[int], outputs: list[list[int]],
-                   ended_by_eos: list[bool], contexts: list[list[int]], params: GenerationParams) -> None:
-        """Finish a batch's last few rows (greedy), checking several drafted tokens per forward pass.
-
-        With few rows left, a step is bound by reading the weights, so checking a handful
-        of tokens costs about as much as generating one. Each row drafts the tokens that
-        followed the latest earlier occurrence of its last few tokens (prompt lookup:
-        reasoning that restates the question or repeats itself) and one pass checks them;
-        a draft token is kept only while it equals the model's own greedy choice, so the
-        output is what one-token steps would give. Rejected slots stay in the KV cache,
-        masked out.
-        """
-        eos_ids = set(self.eos_ids)
-        last = step_input[:, 0].tolist()
-        while active:
-            drafts = [propose_draft(contexts[row] + outputs[row], DRAFT_TOKENS) for row in active]
-            width = 1 + max(len(d) for d in drafts)
-            ids = torch.full((len(active), width), self.pad_id, dtype=torch.long)
-            for b, (token, draft) in enumerate(zip(last, drafts)):
-                ids[b, : 1 + len(draft)] = torch.tensor([token] + draft, dtype=torch.long)
-            # ``attention`` already holds the column of ``last`` (as in one-token steps); add the drafts'
-            attention = torch.cat([attention, attention.new_ones((len(active), width - 1))], dim=1)
-            predicted = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=attention,
-                position_ids=positions + torch.arange(width, device=self.device)[None, :],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=width,
-            ).logits.argmax(dim=-1).tolist()
-            finished, advance = [], []
-            for b, (row, draft) in enumerate(zip(active, drafts)):
-                accepted = 0
-                while accepted < len(draft) and predicted[b][accepted] == draft[accepted]:
-                    accepted += 1
-                attention[b, attention.shape[1] - width + accepted + 1:] = 0  # slots of rejected drafts
-                new_tokens = draft[:accepted] + [predicted[b][accepted]]
-                for token in new_tokens:
-                    if token in eos_ids:
-                        ended_by_eos[row] = True
-                        finished.append(b)
-                        break
-                    outputs[row].append(token)
-                    if len(outputs[row]) >= params.max_new_tokens or (
-                            params.stop and self._hits_stop(outputs[row], params.stop)):
-                        finished.append(b)
-                        break
-                last[b] = new_tokens[-1]
-                advance.append(accepted + 1)
-            positions = positions + torch.tensor(advance, device=self.device)[:, None]
-            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)  # the next ``last``
-            if finished:
-                keep = [b for b in range(len(active)) if b not in set(finished)]
-                if not keep:
-                    return
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                attention, positions = attention[index], positions[index]
-                active[:] = [active[b] for b in keep]
-                last = [last[b] for b in keep]
 
     def _completion(self, tokens: list[int], prompt_tokens: int, at_eos: bool, stop: tuple[str, ...]) -> Completion:
         text, at_stop = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
@@ -395,24 +324,6 @@ class LocalModel(Backend):
 
 
 _STOP_WINDOW = 16  # tokens decoded to look for a stop string; longer stop strings need more
-#: greedy decoding switches to drafted steps (``LocalModel._speculate``) at this many rows or fewer
-SPECULATE_ROWS = 4
-DRAFT_TOKENS = 8
-DRAFT_NGRAMS = (3, 2, 1)
-
-
-def propose_draft(tokens: list[int], count: int) -> list[int]:
-    """Up to ``count`` tokens that followed the latest earlier occurrence of the last n-gram."""
-    for n in DRAFT_NGRAMS:
-        if len(tokens) <= n:
-            continue
-        tail = tokens[-n:]
-        for start in range(len(tokens) - n - 1, -1, -1):
-            if tokens[start:start + n] == tail:
-                return tokens[start + n:start + n + count]
-    return []
-
-
 #: row counts at which CPU fp32 linear layers compute ``(W @ x^T)^T`` instead of ``x @ W^T``.
 #: With a few rows PyTorch's CPU GEMM is slow at ``x @ W^T`` (2 or 3 rows take longer than
 #: 1 or 8), while ``W @ x^T`` with ``x^T`` left a transposed view is up to 2.8x faster per

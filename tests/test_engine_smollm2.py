@@ -59,20 +59,3 @@ def test_fused_answer_agrees_with_running_the_conversation_again(smollm2):
     again_parsed = [task.parse_answer(a.text, r.text) for a, r in zip(again, fused)]
     # Only the token boundary after the reasoning (kept as generated vs. retokenized) may differ.
     assert sum(f == a for f, a in zip(fused_parsed, again_parsed)) >= 7, list(zip(fused_parsed, again_parsed))
-
-
-def test_drafted_tail_steps_leave_real_reasoning_unchanged(smollm2):
-    """Prompt-lookup drafts in a batch's last rows: the same greedy text as one-token steps."""
-    from model_engine.local import SPECULATE_ROWS
-
-    questions = [e.question + "\nLet's think step by step." for e in tasks.load_task_data("navigate").train[:6]]
-    params = GenerationParams(max_new_tokens=96)
-    texts = [smollm2.render([{"role": "user", "content": q}]) for q in questions]
-    try:
-        smollm2.speculate_rows = 0
-        plain = smollm2._generate_texts(texts, params)
-        smollm2.speculate_rows = 6  # every step after the first drafts
-        drafted = smollm2._generate_texts(texts, params)
-    finally:
-        smollm2.speculate_rows = SPECULATE_ROWS
-    assert [c.text for c in drafted] == [c.text for c in plain]

@@ -233,35 +233,3 @@ def test_chat_and_answer_is_cached_with_its_answer(tmp_path):
     assert model.meter.total.calls == calls
     other = model.chat_and_answer(PROMPTS, args[1], "Final:", args[3])  # another extractor is another request
     assert model.meter.total.calls == calls + len(PROMPTS) and not any(c.cached for c in other)
-
-
-def test_draft_is_what_followed_the_latest_match_of_the_last_tokens():
-    from model_engine.local import propose_draft
-
-    assert propose_draft([5, 6, 7, 8, 5, 6, 7], 3) == [8, 5, 6]  # trigram 5 6 7 seen before
-    assert propose_draft([1, 2, 9, 1, 2, 3, 1, 2], 2) == [3, 1]  # the latest earlier match wins
-    assert propose_draft([4, 5, 6], 4) == []  # nothing repeats
-    assert propose_draft([], 4) == []
-
-
-@pytest.mark.parametrize("batch_size", [1, 3, 5])
-def test_drafted_steps_give_exactly_the_one_token_steps_output(batch_size):
-    model = tiny_local_model(batch_size=batch_size)
-    prompts = PROMPTS + ["1 2 3 1 2 3 1 2 3 1 2 3", "the cat the cat the cat the cat"]
-    params = GenerationParams(max_new_tokens=40)
-    model.speculate_rows = 0
-    plain = model.chat(prompts, params)
-    model.speculate_rows = 64  # every step after the first one drafts
-    drafted = model.chat(prompts, params)
-    assert [c.token_ids for c in drafted] == [c.token_ids for c in plain]
-    assert [c.finish_reason for c in drafted] == [c.finish_reason for c in plain]
-    stopped = model.chat(prompts, GenerationParams(max_new_tokens=40, stop=(plain[0].text[5:8],)))
-    model.speculate_rows = 0
-    assert [c.text for c in stopped] == [c.text for c in model.chat(prompts, GenerationParams(max_new_tokens=40, stop=(plain[0].text[5:8],)))]
-
-
-def test_models_with_sliding_window_layers_never_draft():
-    from tests.conftest import tiny_gemma3_local_model
-
-    assert tiny_local_model().speculate_rows > 0
-    assert tiny_gemma3_local_model().speculate_rows == 0
