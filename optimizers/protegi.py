@@ -6,7 +6,8 @@ reasons it failed (the textual gradient, in <START>/<END> tags); for each reason
 for an edited prompt; paraphrase the edits and the parent (Monte-Carlo step). At most
 ``max_expansion`` new prompts per parent join the pool, and a bandit (UCB, or brute
 force) on train samples picks the ``beam_size`` best as the next beam. The final
-beam is compared on dev.
+beam is compared on dev. Each stage runs for the whole beam at once (one scoring call,
+one optimizer-LLM call per kind of request), so the model decodes in full batches.
 """
 
 from __future__ import annotations
@@ -90,10 +91,7 @@ class ProTeGiRun(TextRun):
                                   "stopped": None, "rejected": 0}
         while state["step"] < self.o.rounds and not state["stopped"]:
             pool = list(state["beam"])
-            for parent in state["beam"]:
-                children = self._expand(parent, state, reserve)
-                if children is None:
-                    break
+            for children in self._expand(state["beam"], state, reserve):
                 pool += [c for c in children if c not in pool]
             if not state["stopped"]:
                 state["beam"], state["means"] = self._select(pool, state, reserve)
@@ -108,42 +106,55 @@ class ProTeGiRun(TextRun):
         prompt, selection = self.select_on_dev(state["beam"])
         return self.result(prompt, selection, state["trajectory"], state["stopped"] or "steps", self.o.initial_prompt)
 
-    def _expand(self, parent: str, state, reserve: int) -> list[str] | None:
-        """Textual gradients, edits and paraphrases of one beam prompt (None: out of budget)."""
-        train = list(self.data.train)
-        minibatch = self.rng.sample(train, min(self.o.minibatch, len(train)))
-        if not self.budget.can_afford(self.cost(parent, minibatch) + reserve):
-            state["stopped"] = "budget"
-            return None
-        evaluation = self.score(parent, minibatch, "minibatch")
-        errors = [{"question": e.question, "gold": e.gold, "answer": a or "(no answer)", "reasoning": r.strip()}
-                  for e, a, ok, r in zip(minibatch, evaluation.answers, evaluation.correct, evaluation.reasoning) if not ok]
-        if not errors:
-            return []
-        groups = [self.rng.sample(errors, min(self.o.errors_per_group, len(errors))) for _ in range(self.o.gradient_groups)]
-        feedback = self.llm.sample_many([gradient_meta_prompt(parent, g, self.o.reasons_per_group) for g in groups],
-                                        1, self.o.temperature, self.o.max_tokens)
-        reasons = [(g, r) for g, (text,) in zip(groups, feedback)
+    def _expand(self, parents: list[str], state, reserve: int) -> list[list[str]]:
+        """Textual gradients, edits and paraphrases of each beam prompt (its new prompts).
+
+        Parents whose minibatch no longer fits the budget are left out, and the run stops
+        after this round (``state["stopped"]``).
+        """
+        train, scored, total = list(self.data.train), [], 0
+        for parent in parents:
+            minibatch = self.rng.sample(train, min(self.o.minibatch, len(train)))
+            total += self.cost(parent, minibatch)
+            if not self.budget.can_afford(total + reserve):
+                state["stopped"] = "budget"
+                break
+            scored.append((parent, minibatch))
+        errors = {}
+        for (parent, minibatch), evaluation in zip(scored, self.score_pairs(scored, "minibatch")):
+            errors[parent] = [
+                {"question": e.question, "gold": e.gold, "answer": a or "(no answer)", "reasoning": r.strip()}
+                for e, a, ok, r in zip(minibatch, evaluation.answers, evaluation.correct, evaluation.reasoning) if not ok]
+        learning = [parent for parent, _ in scored if errors[parent]]  # a parent with no errors has nothing to learn
+        groups = [(parent, self.rng.sample(errors[parent], min(self.o.errors_per_group, len(errors[parent]))))
+                  for parent in learning for _ in range(self.o.gradient_groups)]
+        feedback = self.llm.sample_many([gradient_meta_prompt(p, g, self.o.reasons_per_group) for p, g in groups],
+                                        1, self.o.temperature, self.o.max_tokens) if groups else []
+        reasons = [(p, g, r) for (p, g), (text,) in zip(groups, feedback)
                    for r in parse_tagged(text, "<START>", "<END>")[: self.o.reasons_per_group]]
         state["rejected"] += sum(1 for (text,) in feedback if not parse_tagged(text, "<START>", "<END>"))
-        edits: list[str] = []
+        edits: dict[str, list[str]] = {parent: [] for parent in learning}
         if reasons:
-            edited = self.llm.sample_many([edit_meta_prompt(parent, g, r, self.o.edits_per_reason) for g, r in reasons],
+            edited = self.llm.sample_many([edit_meta_prompt(p, g, r, self.o.edits_per_reason) for p, g, r in reasons],
                                           1, self.o.temperature, self.o.max_tokens)
-            for (text,) in edited:
+            for (parent, _, _), (text,) in zip(reasons, edited):
                 parsed = parse_tagged(text, "<START>", "<END>")[: self.o.edits_per_reason]
                 state["rejected"] += not parsed
-                edits += parsed
-        paraphrased: list[str] = []
-        if self.o.paraphrases:
-            sources = list(dict.fromkeys(edits + [parent]))
-            samples = self.llm.sample_many([variation_meta_prompt(s) for s in sources], self.o.paraphrases,
+                edits[parent] += parsed
+        paraphrased: dict[str, list[str]] = {parent: [] for parent in learning}
+        if self.o.paraphrases and learning:
+            sources = [(parent, s) for parent in learning for s in dict.fromkeys(edits[parent] + [parent])]
+            samples = self.llm.sample_many([variation_meta_prompt(s) for _, s in sources], self.o.paraphrases,
                                            self.o.temperature, self.o.max_tokens)
-            paraphrased = [p for group in samples for p in (clean_prompt(first_line(s)) for s in group) if p]
-        children = [c for c in dict.fromkeys(edits + paraphrased) if c != parent]
-        if len(children) > self.o.max_expansion:
-            children = self.rng.sample(children, self.o.max_expansion)
-        return children
+            for (parent, _), group in zip(sources, samples):
+                paraphrased[parent] += [p for p in (clean_prompt(first_line(s)) for s in group) if p]
+        expansions = []
+        for parent in learning:
+            children = [c for c in dict.fromkeys(edits[parent] + paraphrased[parent]) if c != parent]
+            if len(children) > self.o.max_expansion:
+                children = self.rng.sample(children, self.o.max_expansion)
+            expansions.append(children)
+        return expansions
 
     def _select(self, pool: list[str], state, reserve: int) -> tuple[list[str], dict]:
         """Bandit best-arm identification on train samples; the beam is the top ``beam_size``."""

@@ -54,12 +54,16 @@ class TextRun:
 
     def score_all(self, prompts: list[str], examples, split: str) -> list[Evaluation]:
         """Each prompt on the same rows; the unscored ones in one batched harness call."""
-        rows = split + ":" + ",".join(e.id for e in examples)
-        missing = [p for p in dict.fromkeys(prompts) if (p, rows) not in self.scores]
+        return self.score_pairs([(prompt, examples) for prompt in prompts], split)
+
+    def score_pairs(self, requests: list[tuple[str, list]], split: str) -> list[Evaluation]:
+        """(prompt, examples) pairs; the unscored ones in one batched harness call."""
+        keys = [(prompt, split + ":" + ",".join(e.id for e in examples)) for prompt, examples in requests]
+        missing = {key: examples for key, (_, examples) in zip(keys, requests) if key not in self.scores}
         if missing:
-            for prompt, evaluation in zip(missing, self.harness.evaluate_many([(p, examples) for p in missing])):
-                self.scores[(prompt, rows)] = evaluation
-        return [self.scores[(p, rows)] for p in prompts]
+            evaluations = self.harness.evaluate_many([(prompt, examples) for (prompt, _), examples in missing.items()])
+            self.scores.update(zip(missing, evaluations))
+        return [self.scores[key] for key in keys]
 
     def dev_reserve(self, count: int) -> int:
         """Task calls kept back for the final choice of ``count`` prompts on dev."""

@@ -80,6 +80,31 @@ def test_protegi_keeps_a_beam_of_the_configured_width(monkeypatch):
     assert any("wrong" in m and "## Example 1" in m for m in llm.messages)
 
 
+def test_protegi_expands_the_whole_beam_in_one_call_per_stage(monkeypatch):
+    """Gradients, edits and paraphrases of every beam prompt go to the optimizer LLM together."""
+    def evaluate(self, prompt, examples):
+        self.budget.charge_task_calls(prompt, [e.id for e in examples])
+        return Evaluation(0.0, tuple([False] * len(examples)), tuple(["B"] * len(examples)), 1.0,
+                          tuple(["because"] * len(examples)))
+
+    _score_with(monkeypatch, evaluate)
+    llm = ScriptedLLM()
+    batches, generate = [], llm._generate_chat
+
+    def counting(requests, *rest):
+        batches.append(len(requests))
+        return generate(requests, *rest)
+
+    monkeypatch.setattr(llm, "_generate_chat", counting)
+    _run("protegi", llm, rounds=2, beam_size=3, minibatch=8, gradient_groups=2, paraphrases=1, bandit_rounds=2,
+         arms_per_round=4, samples_per_pull=4)
+    # round 1: one parent; round 2: the beam of 3; each round = gradients, edits, paraphrases
+    assert len(batches) == 6
+    assert batches[0] == 2 and batches[3] == 3 * 2  # gradient requests: parents x gradient_groups
+    assert batches[4] == 3 * 2  # one edit per reason
+    assert batches[5] == 3 * 3  # each parent's 2 edits and itself, one paraphrase each
+
+
 def test_gpo_word_cap_follows_the_cosine_schedule():
     total = 18
     caps = [word_cap(t, total, 50, 10) for t in range(total + 1)]
