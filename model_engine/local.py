@@ -326,7 +326,7 @@ class LocalModel(Backend):
 _STOP_WINDOW = 16  # tokens decoded to look for a stop string; longer stop strings need more
 #: row counts at which CPU fp32 linear layers compute ``(W @ x^T)^T`` instead of ``x @ W^T``.
 #: With a few rows PyTorch's CPU GEMM is slow at ``x @ W^T`` (2 or 3 rows take longer than
-#: 1 or 8), while ``W @ x^T`` with ``x^T`` left a transposed view is up to 2.8x faster per
+#: 1 or 8), while ``W @ x^T`` with ``x^T`` left a transposed view is up to 3x faster per
 #: decode step: the steps of a batch's tail. ``python -m benchmarks.engine`` measures both.
 SMALL_ROWS = range(2, 17)
 
