@@ -35,14 +35,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 import tasks  # noqa: E402
-from benchmarks.engine import (
+from benchmarks.engine import (  # noqa: E402
     decode_step_seconds,
     engine_tokens_per_s,
     matmul_parameters,
     matmul_peak_gflops,
     questions,
     ragged_bound_tokens_per_s,
-)  # noqa: E402
+)
 from model_engine.local import load_model  # noqa: E402
 from optimizers.base import Budget, Checkpoint  # noqa: E402
 from optimizers.greater import GreaterOptions, GreaterRun  # noqa: E402
