@@ -24,6 +24,12 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# External methods bring their own rules file (config key external_methods).
+for method in EXTERNAL_METHODS.values():
+
+    include: method["rules"]
+
+
 rule all:
     default_target: True
     input:

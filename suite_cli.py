@@ -29,13 +29,25 @@ def _list_models(args) -> None:
 
 
 def _list_optimizers(args) -> None:
-    import dataclasses
-
     from optimizers.base import get_optimizer, optimizer_names
 
     for name in optimizer_names():
-        options = ", ".join(f.name for f in dataclasses.fields(get_optimizer(name).Options))
-        print(f"{name:14s} options: {options}")
+        optimizer = get_optimizer(name)
+        uses = "optimizer LLM" if optimizer.uses_optimizer_llm else "no optimizer LLM"
+        print(f"{name}  ({'fixed prompt' if optimizer.fixed else uses})")
+        for option, field in optimizer.Options.model_fields.items():
+            print(f"  {option:28s} {field.default!r:>24}  {field.description or ''}")
+
+
+def _schema(args) -> None:
+    from optimizers.contract import RESULT_SCHEMA, result_schema, write_result_schema
+
+    if args.write:
+        print(f"wrote {write_result_schema()}")
+    else:
+        print(json.dumps(result_schema(), indent=1))
+        if json.loads(RESULT_SCHEMA.read_text()) != result_schema():
+            print(f"note: {RESULT_SCHEMA} is out of date; run `prompt-suite schema --write`", file=sys.stderr)
 
 
 def _prepare_model(args) -> None:
@@ -60,44 +72,67 @@ def _write_splits(args) -> None:
     print(f"wrote {path}")
 
 
+def _json_object(text: str, flag: str) -> dict:
+    from suite_errors import SuiteError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SuiteError(f"{flag} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise SuiteError(f"{flag} must be a JSON object, got {text!r}")
+    return value
+
+
 def _optimize(args) -> None:
-    import random
+    from pydantic import ValidationError
 
     import tasks
     from model_engine import GenerationCache
     from model_engine.local import load_model
     from optimizers.base import Budget, Checkpoint, get_optimizer, write_result
+    from optimizers.contract import RunContext, Terms
+    from suite_errors import SuiteError
 
+    options = _json_object(args.options, "--options")
+    optimizer_class = get_optimizer(args.optimizer)
+    optimizer = optimizer_class(**options)  # bad options fail here, before any load
     try:
-        options = json.loads(args.options)
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"error: --options is not valid JSON: {error}") from None
-    optimizer = get_optimizer(args.optimizer)(**options)  # bad options fail here, before any load
+        terms = Terms(**_json_object(args.terms, "--terms"))
+    except ValidationError as error:
+        raise SuiteError(f"--terms: {error.errors()[0]['loc']}: {error.errors()[0]['msg']}") from None
+    budget = Budget(args.max_task_calls, args.max_optimizer_calls)
     if args.optimizer_endpoint and not args.optimizer_endpoint_model:
-        raise SystemExit("error: --optimizer-endpoint needs --optimizer-endpoint-model")
+        raise SuiteError("--optimizer-endpoint needs --optimizer-endpoint-model")
+    if args.optimizer_endpoint and args.optimizer_model:
+        raise SuiteError("give either --optimizer-endpoint or --optimizer-model, not both")
     data = tasks.load_task_data(args.task, data_root=args.data_root, split_file=args.split_file)
     cache = GenerationCache(Path(args.cache_dir or ".cache") / "generations.sqlite")
-    model = load_model(args.model, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir,
-                       generation_cache=cache, batch_size=args.batch_size, threads=args.threads)
-    optimizer_model = None  # the task model optimizes its own prompts (self-optimization)
-    if args.optimizer_endpoint:
+    runtime = {"dtype": args.dtype, "device": args.device, "cache_dir": args.cache_dir, "generation_cache": cache,
+               "batch_size": args.batch_size, "threads": args.threads}
+    model = load_model(args.model, **runtime)
+    optimizer_model = None  # the task model writes its own prompts (self-optimization)
+    if optimizer_class.uses_optimizer_llm and args.optimizer_endpoint:
         from model_engine.endpoint import EndpointModel
 
         optimizer_model = EndpointModel(args.optimizer_endpoint, args.optimizer_endpoint_model,
-                                        api_key_env=args.optimizer_api_key_env, cache=cache)
+                                        api_key_env=args.optimizer_api_key_env, cache=cache,
+                                        timeout_s=args.optimizer_endpoint_timeout)
         optimizer_model.check()  # fail now, not after hours of work
+    elif optimizer_class.uses_optimizer_llm and args.optimizer_model and args.optimizer_model != args.model:
+        optimizer_model = load_model(args.optimizer_model, **runtime)
     checkpoint = Checkpoint(args.checkpoint or f"{args.output}.checkpoint.json")
-    budget = Budget(args.max_task_calls, args.max_optimizer_calls)
-    result = optimizer.optimize(data, model, budget, random.Random(args.seed), checkpoint, seed=args.seed,
-                                optimizer_model=optimizer_model)
-    result["provenance"]["config"] = {"options": options, "max_task_calls": args.max_task_calls,
-                                      "max_optimizer_calls": args.max_optimizer_calls, "split_file": args.split_file,
-                                      "dtype": args.dtype, "device": args.device,
-                                      "optimizer_endpoint": args.optimizer_endpoint}
+    context = RunContext(data=data, task_model=model, budget=budget, terms=terms, seed=args.seed,
+                         checkpoint=checkpoint, optimizer_model=optimizer_model)
+    result = optimizer.optimize(context)
+    result.provenance.config = {"options": options, "terms": terms.model_dump(), "max_task_calls": args.max_task_calls,
+                                "max_optimizer_calls": args.max_optimizer_calls, "split_file": args.split_file,
+                                "dtype": args.dtype, "device": args.device, "optimizer_model": args.optimizer_model,
+                                "optimizer_endpoint": args.optimizer_endpoint}
     write_result(args.output, result)
     if checkpoint.path.exists():
         checkpoint.path.unlink()  # the result is written; a rerun starts afresh
-    print(f"wrote {args.output}: {result['prompt']!r}")
+    print(f"wrote {args.output}: {result.prompt!r} (stopped: {result.stopped.reason})")
 
 
 def _evaluate(args) -> None:
@@ -137,27 +172,31 @@ def _manual_prompt(args) -> None:
     import tasks
     from model_engine.provenance import environment
     from optimizers.base import write_result
+    from optimizers.contract import BudgetRecord, PromptResult, Provenance, Stopped, TrajectoryStep
+    from suite_errors import SuiteError
 
     task = tasks.get_task(args.task)
     try:
         prompts = yaml.safe_load(Path(args.prompts).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
-        raise SystemExit(f"error: cannot read manual prompts {args.prompts}: {error}") from None
+        raise SuiteError(f"cannot read manual prompts {args.prompts}: {error}") from None
+    if not isinstance(prompts, dict):
+        raise SuiteError(f"{args.prompts} must map task names (or 'default') to prompts")
     prompt = prompts.get(task.name, prompts.get("default"))
     if not isinstance(prompt, str) or not prompt.strip():
-        raise SystemExit(f"error: {args.prompts} has no prompt for task {task.name!r} and no 'default' prompt")
-    record = {
-        "optimizer": "manual", "task": task.name, "model": args.model, "prompt": prompt.strip(),
-        "initial_prompt": prompt.strip(), "trajectory": [{"step": 0, "prompt": prompt.strip(), "task_calls": 0}],
-        "stopped": "fixed",
-        "budget": {"task_calls": 0, "optimizer_calls": 0, "task_model": {}, "optimizer_model": {}},
-        "provenance": {"seed": 0, "model": {"name": args.model, "checksum": "none: hand-written prompt"},
-                       "prompts_file": args.prompts,
-                       "prompts_file_sha256": hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest(),
-                       "environment": environment()},
-    }
+        raise SuiteError(f"{args.prompts} has no prompt for task {task.name!r} and no 'default' prompt")
+    prompt = prompt.strip()
+    record = PromptResult(
+        optimizer="manual", task=task.name, model=args.model, prompt=prompt, initial_prompt=prompt,
+        trajectory=[TrajectoryStep(step=0, prompt=prompt, task_calls=0, optimizer_calls=0)],
+        stopped=Stopped(reason="fixed", detail="a hand-written prompt", task_calls=0, optimizer_calls=0),
+        budget=BudgetRecord(task_calls=0, optimizer_calls=0),
+        provenance=Provenance(seed=0, model={"name": args.model, "checksum": "none: hand-written prompt"},
+                              environment=environment(), prompts_file=args.prompts,
+                              prompts_file_sha256=hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest()),
+    )
     write_result(args.output, record)
-    print(f"wrote {args.output}: {record['prompt']!r}")
+    print(f"wrote {args.output}: {prompt!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,12 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("optimizer")
     optimize.add_argument("--output", required=True, help="the result JSON (results/prompts/{task}/{model}/{optimizer}.json)")
     optimize.add_argument("--options", default="{}", help="optimizer options as a JSON object")
+    optimize.add_argument("--terms", default="{}",
+                          help="the shared terms as a JSON object: initial_prompt, max_reasoning_tokens, n_dev")
     optimize.add_argument("--max-task-calls", type=int, default=None, help="budget in task calls (default: none)")
     optimize.add_argument("--max-optimizer-calls", type=int, default=None, help="cap on optimizer-LLM completions")
     optimize.add_argument("--optimizer-endpoint", default=None,
                           help="OpenAI-compatible base URL of the optimizer LLM (default: the task model itself)")
     optimize.add_argument("--optimizer-endpoint-model", default=None, help="model name at that endpoint")
     optimize.add_argument("--optimizer-api-key-env", default=None, help="environment variable holding its API key")
+    optimize.add_argument("--optimizer-endpoint-timeout", type=float, default=60.0, help="seconds per request")
+    optimize.add_argument("--optimizer-model", default=None,
+                          help="a registry model loaded locally to write prompts (default: the task model itself)")
     optimize.add_argument("--seed", type=int, default=0)
     optimize.add_argument("--split-file", default=None, help="split id lists (prompt-suite write-splits)")
     optimize.add_argument("--data-root", default=None)
@@ -237,14 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     manual.add_argument("prompts", help="YAML: task name (or 'default') -> prompt")
     manual.add_argument("--output", required=True)
     manual.set_defaults(run=_manual_prompt)
-    commands.add_parser("optimizers", help="list the registered optimizers").set_defaults(run=_list_optimizers)
+    commands.add_parser("optimizers", help="list the registered optimizers and their options").set_defaults(
+        run=_list_optimizers)
+    schema = commands.add_parser("schema", help="print the prompt-result JSON schema (generated from the contract)")
+    schema.add_argument("--write", action="store_true", help="rewrite optimizers/prompt_result.schema.json")
+    schema.set_defaults(run=_schema)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     from suite_errors import SuiteError
 
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     try:
         args.run(args)
     except SuiteError as error:

@@ -4,8 +4,10 @@ Tables:
 - ``main``: method x (GSM8K, BBH average, FOLIO) per model, same-model cells (the paper's main table);
 - ``per_task``: method x task per model, same-model cells;
 - ``transfer``: method and source model x target model, averaged over tasks (the transfer table);
-- ``budget``: per method and model, mean task calls, optimizer calls, tokens and seconds per run.
-Plots: accuracy against task calls (from the trajectories), a transfer heatmap, per-task bars.
+- ``budget``: per method and model, task calls spent as a share of the budget, the stop reasons,
+  optimizer calls, tokens and seconds per run.
+Plots: accuracy against task calls (from the trajectories, one line style per split the score
+was measured on), a transfer heatmap, per-task bars.
 """
 
 from __future__ import annotations
@@ -57,35 +59,33 @@ def transfer_table(evals: pd.DataFrame) -> pd.DataFrame:
 
 
 def budget_table(prompts: list[dict]) -> pd.DataFrame:
+    """Per method and model: what the runs spent, as a share of the budget, and why they stopped."""
     rows = []
     for record in prompts:
         budget = record["budget"]
         task_usage = budget.get("task_model", {})
         optimizer_usage = budget.get("optimizer_model", {})
         seconds = budget.get("seconds", {})
+        cap = budget.get("max_task_calls")
         rows.append({
             "method": record["optimizer"], "model": record["model"],
-            "task calls": budget["task_calls"], "optimizer calls": budget["optimizer_calls"],
+            "task calls": budget["task_calls"], "budget": cap,
+            "spent %": 100.0 * budget["task_calls"] / cap if cap else None,
+            "optimizer calls": budget["optimizer_calls"],
+            "stopped": record["stopped"]["reason"],
             "task-model tokens": task_usage.get("prompt_tokens", 0) + task_usage.get("completion_tokens", 0),
             "optimizer tokens": optimizer_usage.get("prompt_tokens", 0) + optimizer_usage.get("completion_tokens", 0),
             "forward/backward passes": budget.get("forward_passes", 0) + budget.get("backward_passes", 0),
-            "seconds": sum(seconds.values()) if isinstance(seconds, dict) else float(seconds or 0),
+            "seconds": seconds.get("total", 0.0),
         })
-    table = pd.DataFrame(rows).groupby(["method", "model"]).mean(numeric_only=True)
-    return table.round(1)
+    frame = pd.DataFrame(rows)
+    numeric = frame.groupby(["method", "model"]).mean(numeric_only=True)
+    reasons = frame.groupby(["method", "model"])["stopped"].agg(lambda r: ", ".join(sorted(set(r))))
+    return numeric.join(reasons).round(1)
 
 
-def trajectory_accuracy(record: dict) -> float | None:
-    """A method's own running score at one step, on the split it optimizes on."""
-    for key in ("accuracy", "train_accuracy", "score"):
-        if record.get(key) is not None:
-            return float(record[key])
-    if record.get("train_error") is not None:
-        return 1.0 - float(record["train_error"])
-    estimates = record.get("train_estimates")
-    if estimates and record.get("prompt") in estimates:
-        return float(estimates[record["prompt"]])
-    return None
+#: line styles of the split a trajectory score was measured on
+_SPLIT_STYLE = {"train": "-", "minibatch": "-.", "screen": ":", "dev": "--"}
 
 
 def write_tables(evals: pd.DataFrame, prompts: list[dict], out_dir: str | Path) -> list[Path]:
@@ -122,13 +122,15 @@ def write_plots(evals: pd.DataFrame, prompts: list[dict], out_dir: str | Path) -
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
     for axis, task in zip(axes.flat, task_names):
         for record in (r for r in prompts if r["task"] == task):
-            points = [(s["task_calls"], trajectory_accuracy(s)) for s in record["trajectory"]]
-            points = [(x, y) for x, y in points if y is not None]
-            if points:
-                axis.plot(*zip(*points), marker=".", label=f"{record['optimizer']} ({record['model']})")
+            for split, style in _SPLIT_STYLE.items():  # one line per split: scores on different rows never mix
+                points = [(s["task_calls"], 100 * s["score"]) for s in record["trajectory"]
+                          if s["score"] is not None and s["split"] == split]
+                if points:
+                    axis.plot(*zip(*points), style, marker=".",
+                              label=f"{record['optimizer']} ({record['model']}, {split})")
         axis.set_title(task)
         axis.set_xlabel("task calls spent")
-        axis.set_ylabel("accuracy (method's own split)")
+        axis.set_ylabel("best accuracy so far (%)")
         axis.legend(fontsize=7)
     for axis in list(axes.flat)[len(task_names):]:
         axis.axis("off")

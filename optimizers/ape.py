@@ -2,9 +2,9 @@
 
 1. Proposal: the optimizer LLM sees ``demos_per_request`` (question, answer) pairs from
    train and completes "The instruction was to ..."; ``proposal_requests`` requests of
-   ``proposals_per_request`` samples each.
+   ``proposals_per_request`` samples each. The shared initial prompt joins the pool.
 2. Screening: every unique proposal is scored on the first ``screen_examples`` dev rows.
-3. The ``rescore_top`` best are scored on all of dev.
+3. The ``rescore_top`` best are scored on the shared dev rows.
 4. Iterative resampling (the paper's Monte-Carlo search): each round, the
    ``resample_top`` best get ``variations`` paraphrases each, scored on dev.
 The prompt with the best dev accuracy wins. Reference defaults: the repo's
@@ -13,37 +13,27 @@ instruction-induction script (3 x 30 proposals, 20 screening rows, no resampling
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field
 
-from optimizers.base import register_optimizer, require_positive
+from optimizers.base import Optimizer, register_optimizer
+from optimizers.contract import OptimizerOptions
 from optimizers.optimizer_llm import clean_prompt
-from optimizers.text_run import TextOptimizer, TextRun
 
 PROPOSAL_STEM = "The instruction was to"
 
 
-@dataclass(frozen=True)
-class APEOptions:
-    proposal_requests: int = 3
-    demos_per_request: int = 5
-    proposals_per_request: int = 30
-    screen_examples: int = 20
-    rescore_top: int = 30
-    #: rounds of iterative resampling (0 in the reference repo; matched budget: until spent)
-    resample_rounds: int = 0
-    resample_top: int = 10
-    variations: int = 3
-    temperature: float = 0.9
-    top_p: float = 0.9
-    max_tokens: int = 50
-    max_reasoning_tokens: int = 512
-    n_dev: int | None = None
-
-    def __post_init__(self):
-        require_positive(self, "proposal_requests", "demos_per_request", "proposals_per_request", "screen_examples",
-                     "rescore_top", "resample_top", "variations", "max_tokens", "max_reasoning_tokens")
-        if self.resample_rounds < 0:
-            raise ValueError(f"resample_rounds must be >= 0, got {self.resample_rounds}")
+class APEOptions(OptimizerOptions):
+    proposal_requests: int = Field(3, ge=1, description="proposal requests, each with its own demonstrations")
+    demos_per_request: int = Field(5, ge=1, description="train (question, answer) pairs per proposal request")
+    proposals_per_request: int = Field(30, ge=1, description="samples per proposal request")
+    screen_examples: int = Field(20, ge=1, description="dev rows every proposal is screened on")
+    rescore_top: int = Field(30, ge=1, description="best screened proposals scored on all shared dev rows")
+    resample_rounds: int = Field(0, ge=0, description="rounds of iterative resampling (0 in the reference repo)")
+    resample_top: int = Field(10, ge=1, description="best prompts paraphrased per resampling round")
+    variations: int = Field(3, ge=1, description="paraphrases per prompt and round")
+    temperature: float = Field(0.9, ge=0, description="optimizer-LLM sampling temperature")
+    top_p: float = Field(0.9, gt=0, le=1, description="optimizer-LLM nucleus sampling")
+    max_tokens: int = Field(50, ge=1, description="optimizer-LLM completion length")
 
 
 def proposal_meta_prompt(demos) -> str:
@@ -66,72 +56,65 @@ def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0]
 
 
-class APERun(TextRun):
-    name = "ape"
+@register_optimizer("ape")
+class APE(Optimizer):
+    Options = APEOptions
+    uses_optimizer_llm = True
+    test_options = {"proposal_requests": 1, "proposals_per_request": 3, "screen_examples": 2, "rescore_top": 2,
+                    "resample_rounds": 5, "resample_top": 2, "variations": 2}
 
-    def run(self) -> dict:
-        state = self.resume() or {"step": 0, "proposals": [], "screen": {}, "dev": {}, "trajectory": [], "stopped": None}
-        stages = [self._propose, self._screen, self._rescore] + [self._resample] * self.o.resample_rounds
-        while state["step"] < len(stages) and not state["stopped"]:
-            stages[state["step"]](state)
-            state["step"] += 1
-            self._record(state)
-            self.save(state)
-        scored = state["dev"] or state["screen"]
-        ranked = sorted(scored, key=lambda p: -scored[p]) or state["proposals"][:1]
-        prompt, selection = self.select_on_dev(ranked[: self.o.rescore_top])
-        return self.result(prompt, selection, state["trajectory"], state["stopped"] or "steps", initial="")
+    def schedule(self, run) -> int:
+        return 3 + self.options.resample_rounds
 
-    def _propose(self, state) -> None:
-        requests = [proposal_meta_prompt(self.rng.sample(list(self.data.train), min(self.o.demos_per_request, len(self.data.train))))
-                    for _ in range(self.o.proposal_requests)]
-        samples = self.llm.sample_many(requests, self.o.proposals_per_request, self.o.temperature, self.o.max_tokens,
-                                       self.o.top_p, assistant_prefix=PROPOSAL_STEM)
+    def start(self, run) -> dict:
+        return {"proposals": [run.initial_prompt], "screen": {}, "dev": {}, "rejected": 0}
+
+    def step(self, run, state) -> None:
+        stages = {1: self._propose, 2: self._screen, 3: self._rescore}
+        stages.get(run.step_index, self._resample)(run, state)
+        pool, split = (state["dev"], "dev") if state["dev"] else (state["screen"], "screen")
+        if pool:
+            best = max(pool, key=pool.get)
+            run.record(best, pool[best], split, candidates=len(state["proposals"]), rejected_so_far=state["rejected"])
+        else:
+            run.record(run.initial_prompt, None, None, candidates=len(state["proposals"]))
+
+    def _propose(self, run, state) -> None:
+        o = self.options
+        requests = [proposal_meta_prompt(run.rng.sample(run.train, min(o.demos_per_request, len(run.train))))
+                    for _ in range(o.proposal_requests)]
+        samples = run.llm.sample_many(requests, o.proposals_per_request, o.temperature, o.max_tokens, o.top_p,
+                                      assistant_prefix=PROPOSAL_STEM)
         proposals = [clean_prompt(first_line(s)) for group in samples for s in group]
-        state["proposals"] = list(dict.fromkeys(p for p in proposals if p))
-        state["rejected"] = sum(p is None for p in proposals)
+        state["proposals"] = list(dict.fromkeys(state["proposals"] + [p for p in proposals if p]))
+        state["rejected"] += sum(p is None for p in proposals)
 
-    def _screen(self, state) -> None:
-        rows = self.dev()[: self.o.screen_examples]
-        fitting = self.affordable(state["proposals"], rows)
-        for prompt, evaluation in zip(fitting, self.score_all(fitting, rows, "screen")):
+    def _screen(self, run, state) -> None:
+        rows = run.dev[: self.options.screen_examples]
+        for prompt, evaluation in run.score_affordable(state["proposals"], rows, "screen"):
             state["screen"][prompt] = evaluation.accuracy
-        if len(state["screen"]) < len(state["proposals"]):
-            state["stopped"] = "budget"
 
-    def _rescore(self, state) -> None:
-        top = sorted(state["screen"], key=lambda p: -state["screen"][p])[: self.o.rescore_top]
-        self._score_on_dev(state, top)
+    def _rescore(self, run, state) -> None:
+        top = sorted(state["screen"], key=lambda p: -state["screen"][p])[: self.options.rescore_top]
+        self._score_on_dev(run, state, top)
 
-    def _resample(self, state) -> None:
-        top = sorted(state["dev"], key=lambda p: -state["dev"][p])[: self.o.resample_top]
+    def _resample(self, run, state) -> None:
+        o = self.options
+        top = sorted(state["dev"], key=lambda p: -state["dev"][p])[: o.resample_top]
         if not top:
-            state["stopped"] = "budget"
+            run.stop("exhausted", "no prompt was scored on dev to resample from")
             return
-        samples = self.llm.sample_many([variation_meta_prompt(p) for p in top], self.o.variations,
-                                       self.o.temperature, self.o.max_tokens, self.o.top_p)
+        samples = run.llm.sample_many([variation_meta_prompt(p) for p in top], o.variations, o.temperature,
+                                      o.max_tokens, o.top_p)
         new = [p for p in dict.fromkeys(clean_prompt(first_line(s)) for group in samples for s in group)
                if p and p not in state["dev"]]
-        self._score_on_dev(state, new)
+        self._score_on_dev(run, state, new)
 
-    def _score_on_dev(self, state, prompts) -> None:
-        fitting = self.affordable(prompts, self.dev())
-        for prompt, evaluation in zip(fitting, self.score_all(fitting, self.dev(), "dev")):
+    def _score_on_dev(self, run, state, prompts) -> None:
+        for prompt, evaluation in run.score_affordable(prompts, run.dev, "dev"):
             state["dev"][prompt] = evaluation.accuracy
-        if len(fitting) < len(prompts):
-            state["stopped"] = "budget"
 
-    def _record(self, state) -> None:
-        pool = state["dev"] or state["screen"]
-        best = max(pool, key=pool.get) if pool else ""
-        state["trajectory"].append({"step": state["step"], "prompt": best, "score": pool.get(best, 0.0),
-                                    "scored_on": "dev" if state["dev"] else "screen",
-                                    "candidates": len(state["proposals"]), "task_calls": self.budget.task_calls,
-                                    "optimizer_calls": self.budget.optimizer_calls})
-        self.progress(state["step"], best, pool.get(best, 0.0))
-
-
-@register_optimizer("ape")
-class APE(TextOptimizer):
-    Options = APEOptions
-    Run = APERun
+    def final_candidates(self, run, state) -> list[str]:
+        scored = state.get("dev") or state.get("screen") or {}
+        ranked = sorted(scored, key=lambda p: -scored[p])
+        return ranked[: self.options.rescore_top] or state.get("proposals", [])[:1]

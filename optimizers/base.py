@@ -1,34 +1,50 @@
-"""The optimizer protocol, the shared budget, checkpoints and the result contract.
+"""The optimizer protocol, the lazy registry, the shared budget and checkpoints.
 
-Every optimizer is one file in this package: a subclass of ``Optimizer`` decorated with
-``@register_optimizer("name")``, with an ``Options`` dataclass of its settings. It
-receives train and dev rows only (``tasks.TaskData``), a model, a ``Budget`` and a
-seeded ``random.Random``, and returns the JSON record of ``results/prompts/...``.
+An optimizer is one file in this package: a subclass of ``Optimizer`` decorated with
+``@register_optimizer("name")``, with an ``Options`` model (pydantic) and its own small
+``test_options``. It is used as ``Optimizer(**options).optimize(context)`` and returns a
+``PromptResult``. The shared run (``optimizers.run.Run``) owns everything that must be
+equal across methods: the harness, the budget and its stops, the dev reserve, the final
+choice on dev, checkpoints, progress and the result; a method supplies only its loop
+through the hooks ``start``, ``step`` and ``final_candidates``.
+
+The registry finds optimizers by reading the package's source files (no import), so
+planning a workflow imports only the optimizer modules it needs, and never torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import ast
 import hashlib
+import importlib
 import json
-import random
-from abc import ABC, abstractmethod
+import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from model_engine.provenance import environment, write_json_atomic
+from pydantic import ValidationError
+
+from model_engine.provenance import write_json_atomic
 from model_engine.usage import Usage
+from optimizers.contract import OptimizerOptions, PromptResult, RunContext
 from suite_errors import SuiteError, UnknownNameError
 
-RESULT_SCHEMA = Path(__file__).with_name("prompt_result.schema.json")
+if TYPE_CHECKING:
+    from optimizers.run import Run
+
+log = logging.getLogger("optimizers")
 
 
 class OptionError(SuiteError, ValueError):
-    """An optimizer option that is unknown or out of range."""
+    """An optimizer option that is unknown or out of range, or a checkpoint of another run."""
 
 
 class BudgetExhausted(SuiteError):
-    """Raised when work would spend more task calls than the budget allows."""
+    """Work would spend more than a cap allows; the shared run ends cleanly when it is raised."""
+
+    def __init__(self, resource: str, message: str):
+        self.resource = resource  # "task_calls" or "optimizer_calls": the stop reason
+        super().__init__(message)
 
 
 def prompt_key(prompt: str | tuple[int, ...] | list[int]) -> str:
@@ -48,8 +64,9 @@ class Budget:
     """
 
     def __init__(self, max_task_calls: int | None = None, max_optimizer_calls: int | None = None):
-        if max_task_calls is not None and max_task_calls < 0:
-            raise OptionError(f"max_task_calls must be >= 0, got {max_task_calls}")
+        for name, value in (("max_task_calls", max_task_calls), ("max_optimizer_calls", max_optimizer_calls)):
+            if value is not None and value < 0:
+                raise OptionError(f"{name} must be >= 0, got {value}")
         self.max_task_calls, self.max_optimizer_calls = max_task_calls, max_optimizer_calls
         self.task_calls = 0
         self.optimizer_calls = 0
@@ -83,17 +100,16 @@ class Budget:
         key = prompt_key(prompt)
         new = self.uncharged(prompt, example_ids)
         if not self.can_afford(len(new)):
-            raise BudgetExhausted(
-                f"{len(new)} more task calls would exceed the budget of {self.max_task_calls} "
-                f"({self.task_calls} spent)"
-            )
+            raise BudgetExhausted("task_calls", f"{len(new)} more task calls would exceed the budget of "
+                                                f"{self.max_task_calls} ({self.task_calls} spent)")
         self._charged.update(self._pair(key, i) for i in new)
         self.task_calls += len(new)
         return len(new)
 
     def charge_optimizer_calls(self, count: int) -> None:
         if self.max_optimizer_calls is not None and self.optimizer_calls + count > self.max_optimizer_calls:
-            raise BudgetExhausted(f"optimizer calls would exceed the budget of {self.max_optimizer_calls}")
+            raise BudgetExhausted("optimizer_calls", f"{count} more optimizer calls would exceed the cap of "
+                                                     f"{self.max_optimizer_calls} ({self.optimizer_calls} spent)")
         self.optimizer_calls += count
 
     def record(self) -> dict:
@@ -101,6 +117,7 @@ class Budget:
             "task_calls": self.task_calls,
             "max_task_calls": self.max_task_calls,
             "optimizer_calls": self.optimizer_calls,
+            "max_optimizer_calls": self.max_optimizer_calls,
             "forward_passes": self.forward_passes,
             "backward_passes": self.backward_passes,
             "forward_tokens": self.forward_tokens,
@@ -110,17 +127,15 @@ class Budget:
         }
 
     def state(self) -> dict:
-        return {**self.record(), "max_optimizer_calls": self.max_optimizer_calls, "charged": sorted(self._charged)}
+        return {**self.record(), "charged": sorted(self._charged)}
 
-    @classmethod
-    def from_state(cls, state: dict) -> Budget:
-        budget = cls(state["max_task_calls"], state.get("max_optimizer_calls"))
-        budget.task_calls, budget.optimizer_calls = state["task_calls"], state["optimizer_calls"]
-        budget.forward_passes, budget.backward_passes = state["forward_passes"], state["backward_passes"]
-        budget.forward_tokens, budget.backward_tokens = state["forward_tokens"], state["backward_tokens"]
-        budget.task_usage, budget.optimizer_usage = Usage(**state["task_model"]), Usage(**state["optimizer_model"])
-        budget._charged = set(state["charged"])
-        return budget
+    def restore(self, state: dict) -> None:
+        """Take over a checkpointed budget's spending (the caps stay this run's own)."""
+        self.task_calls, self.optimizer_calls = state["task_calls"], state["optimizer_calls"]
+        self.forward_passes, self.backward_passes = state["forward_passes"], state["backward_passes"]
+        self.forward_tokens, self.backward_tokens = state["forward_tokens"], state["backward_tokens"]
+        self.task_usage, self.optimizer_usage = Usage(**state["task_model"]), Usage(**state["optimizer_model"])
+        self._charged = set(state["charged"])
 
 
 class Checkpoint:
@@ -132,109 +147,115 @@ class Checkpoint:
     def load(self) -> dict | None:
         if self.path is None or not self.path.is_file():
             return None
-        return json.loads(self.path.read_text())
+        try:
+            return json.loads(self.path.read_text())
+        except json.JSONDecodeError as error:
+            raise OptionError(f"Checkpoint {self.path} is not valid JSON ({error}); delete it to start afresh") from None
 
     def save(self, state: dict) -> None:
         if self.path is not None:
             write_json_atomic(self.path, state)
 
 
-CHECKPOINT_VERSION = 1
+class Optimizer:
+    """A prompt optimizer: options in the constructor, ``optimize(context)`` returns the result.
 
+    Subclasses set ``Options`` and ``test_options`` and implement the hooks below; the
+    shared ``Run`` calls them and owns budget, stops, selection, checkpoints and result.
+    """
 
-def save_progress(checkpoint: Checkpoint, options, rng: random.Random, budget: Budget, state: dict) -> None:
-    """Persist a step loop: its state, the random stream and the budget (with charged pairs)."""
-    checkpoint.save({"version": CHECKPOINT_VERSION, "options": dataclasses.asdict(options), "state": state,
-                     "rng": rng_state(rng), "budget": budget.state()})
-
-
-def resume_progress(checkpoint: Checkpoint, options, rng: random.Random, budget: Budget, owner: str) -> dict | None:
-    """The saved state, with ``rng`` and ``budget`` restored in place; None to start afresh."""
-    saved = checkpoint.load()
-    if saved is None:
-        return None
-    if saved.get("version") != CHECKPOINT_VERSION or saved.get("options") != dataclasses.asdict(options):
-        raise OptionError(
-            f"Checkpoint {checkpoint.path} was written with other options or by another version; "
-            "delete it to start afresh."
-        )
-    set_rng_state(rng, saved["rng"])
-    budget.__dict__.update(Budget.from_state(saved["budget"]).__dict__)
-    print(f"[{owner}] resuming from step {saved['state']['step']} ({checkpoint.path})", flush=True)
-    return saved["state"]
-
-
-def rng_state(rng: random.Random) -> list:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def set_rng_state(rng: random.Random, state: list) -> None:
-    rng.setstate((state[0], tuple(state[1]), state[2]))
-
-
-class Optimizer(ABC):
-    """A prompt optimizer. Subclasses define ``name``, ``Options`` and ``optimize``."""
-
-    name: ClassVar[str]
-    #: a dataclass whose fields are the optimizer's options, with defaults
-    Options: ClassVar[type]
+    name: ClassVar[str]  # set by @register_optimizer
+    Options: ClassVar[type[OptimizerOptions]]
+    #: small options for the contract test, the smoke config and the benchmarks
+    test_options: ClassVar[dict[str, Any]] = {}
+    #: whether the method asks an optimizer LLM for prompts (text-feedback methods)
+    uses_optimizer_llm: ClassVar[bool] = False
+    #: a fixed prompt: nothing is optimized, nothing is spent, no dev choice is made
+    fixed: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         self.options = parse_options(self.Options, options, self.name)
 
-    @abstractmethod
-    def optimize(self, data, model, budget: Budget, rng: random.Random, checkpoint: Checkpoint, seed: int = 0,
-                 optimizer_model=None) -> dict:
-        """Run the optimization; return the result record (see ``prompt_result.schema.json``).
+    def optimize(self, context: RunContext) -> PromptResult:
+        from optimizers.run import Run
 
-        ``model`` is the task model; ``optimizer_model`` writes prompts in text-feedback
-        methods (default: the task model itself, the paper's self-optimization setting).
-        """
+        return Run(self, context).execute()
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def prepare(self, run: Run) -> None:
+        """Set up per-run machinery that the checkpoint does not hold (called on start and on resume)."""
+
+    def start(self, run: Run) -> dict:
+        """The method's initial state (JSON-able). It may score the initial prompt and record step 0."""
+        return {}
+
+    def step(self, run: Run, state: dict) -> None:
+        """One step of the method's loop: spend, then ``run.record(...)``; ``run.stop(...)`` when done."""
+        raise NotImplementedError
+
+    def schedule(self, run: Run) -> int | None:
+        """The method's own number of steps (None: until a cap or nothing is left to try)."""
+        return None
+
+    def final_candidates(self, run: Run, state: dict) -> list[str]:
+        """The method's own ranking of its prompts, best first; the best on dev among them wins."""
+        raise NotImplementedError
+
+    def dev_candidates(self) -> int:
+        """How many final candidates may still need scoring on dev (the shared dev reserve)."""
+        return 0
+
+    def deviations(self, run: Run) -> list[str]:
+        return self.options.deviations()
 
 
-def require_positive(options, *names: str) -> None:
-    """Raise ValueError naming the first option that is not a positive integer."""
-    for name in names:
-        value = getattr(options, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def parse_options(options_class: type, given: dict, owner: str):
-    known = {f.name for f in dataclasses.fields(options_class)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise OptionError(f"Unknown option(s) {', '.join(unknown)} for {owner}; known options: {', '.join(sorted(known))}")
+def parse_options(options_class: type[OptimizerOptions], given: dict, owner: str) -> OptimizerOptions:
     try:
         return options_class(**given)
-    except (TypeError, ValueError) as error:
-        raise OptionError(f"{owner}: {error}") from None
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in error.errors())
+        known = ", ".join(sorted(options_class.model_fields))
+        raise OptionError(f"{owner}: {problems} (known options: {known})") from None
 
 
-_REGISTRY: dict[str, type[Optimizer]] = {}
+# ---- the lazy registry -------------------------------------------------------------------------
+_PACKAGE = Path(__file__).parent
+_CLASSES: dict[str, type[Optimizer]] = {}
 
 
 def register_optimizer(name: str):
     def register(cls: type[Optimizer]) -> type[Optimizer]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
+        if name in _CLASSES and _CLASSES[name] is not cls:
             raise ValueError(f"Optimizer {name!r} is registered twice")
         cls.name = name
-        _REGISTRY[name] = cls
+        _CLASSES[name] = cls
         return cls
 
     return register
 
 
-def registry() -> dict[str, type[Optimizer]]:
-    import importlib
-    import pkgutil
+def _registered_in(path: Path) -> list[tuple[str, str]]:
+    """(name, class) of every ``@register_optimizer("name")`` class in one source file."""
+    found = []
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for decorator in node.decorator_list:
+            if (isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "register_optimizer"
+                    and decorator.args and isinstance(decorator.args[0], ast.Constant)):
+                found.append((decorator.args[0].value, node.name))
+    return found
 
-    import optimizers
 
-    for module in pkgutil.iter_modules(optimizers.__path__):
-        importlib.import_module(f"optimizers.{module.name}")
-    return _REGISTRY
+def registry() -> dict[str, str]:
+    """Optimizer name -> ``module:Class``, read from the source files without importing them."""
+    entries = {}
+    for path in sorted(_PACKAGE.glob("*.py")):
+        for name, class_name in _registered_in(path):
+            if name in entries:
+                raise ValueError(f"Optimizer {name!r} is registered twice ({entries[name]} and {path.stem})")
+            entries[name] = f"optimizers.{path.stem}:{class_name}"
+    return entries
 
 
 def optimizer_names() -> list[str]:
@@ -242,10 +263,17 @@ def optimizer_names() -> list[str]:
 
 
 def get_optimizer(name: str) -> type[Optimizer]:
-    try:
-        return registry()[name]
-    except KeyError:
-        raise UnknownNameError("optimizer", name, registry()) from None
+    """The optimizer class, importing only its own module."""
+    entries = registry()
+    if name not in entries:
+        raise UnknownNameError("optimizer", name, entries)
+    module, class_name = entries[name].split(":")
+    return getattr(importlib.import_module(module), class_name)
+
+
+def options_schema(name: str) -> dict:
+    """The JSON schema of an optimizer's options (referenced from the config schema)."""
+    return get_optimizer(name).Options.model_json_schema()
 
 
 def describe_model(backend) -> dict:
@@ -256,25 +284,15 @@ def describe_model(backend) -> dict:
     return {"name": getattr(backend, "model", "?"), "checksum": backend.identity, "source": "endpoint"}
 
 
-def provenance(model, data, options, seed: int, optimizer_model=None) -> dict:
-    return {
-        "options": dataclasses.asdict(options),
-        "seed": seed,
-        "config": {},
-        "model": describe_model(model),
-        "optimizer_model": describe_model(optimizer_model if optimizer_model is not None else model),
-        "data_sha256": data.data_sha256,
-        "split_sizes": {"train": len(data.train), "dev": len(data.dev)},
-        "environment": environment(),
-    }
+def validate_result(record: dict) -> PromptResult:
+    """The record as a ``PromptResult``; a ``SuiteError`` naming the field when it breaks the contract."""
+    try:
+        return PromptResult.model_validate(record)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:5])
+        raise SuiteError(f"not a valid prompt result: {problems}") from None
 
 
-def validate_result(record: dict) -> None:
-    import jsonschema
-
-    jsonschema.validate(record, json.loads(RESULT_SCHEMA.read_text()))
-
-
-def write_result(path, record: dict) -> Path:
-    validate_result(record)
-    return write_json_atomic(path, record)
+def write_result(path, result: PromptResult | dict) -> Path:
+    result = validate_result(result) if isinstance(result, dict) else result
+    return write_json_atomic(path, result.model_dump(mode="json"))

@@ -5,7 +5,8 @@ earlier trajectory prompts most similar to it, with their dev scores (0-100).
 Update method: generate a new prompt, changing at most ``w`` words, where ``w`` decays
 on a cosine schedule from ``max_words`` to ``min_words`` over the run. Each step
 ``candidates_per_step`` samples are scored on dev; the best one not chosen before
-becomes the current prompt (GPO always moves). The best prompt of the trajectory wins.
+becomes the current prompt (GPO always moves). The best prompts of the trajectory go
+to the shared final choice (already scored on dev, so it costs nothing more).
 
 Deviation from the reference, recorded in the result: similarity is the cosine of
 bag-of-words vectors instead of Llama-2-7B sentence embeddings (not available offline).
@@ -17,37 +18,36 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from typing import Literal
 
-from optimizers.base import register_optimizer, require_positive
+from pydantic import Field, model_validator
+
+from optimizers.base import Optimizer, register_optimizer
+from optimizers.contract import OptimizerOptions
 from optimizers.optimizer_llm import parse_tagged
-from optimizers.text_run import TextOptimizer, TextRun
 
 
-@dataclass(frozen=True)
-class GPOOptions:
-    epochs: int = 3
-    batch_size: int = 8
-    candidates_per_step: int = 8
-    retrieved: int = 3
-    max_words: int = 50
-    min_words: int = 10
-    exemplars: int = 3
-    temperature: float = 1.0
-    max_tokens: int = 512
-    initial_prompt: str = "Let's think step by step."
-    max_reasoning_tokens: int = 512
-    n_dev: int | None = None
-    #: how trajectory prompts are compared (the reference used Llama-2-7B embeddings)
-    similarity: str = "bag_of_words_cosine"
+class GPOOptions(OptimizerOptions):
+    epochs: int = Field(3, ge=1, description="passes over the train split (sets the number of steps)")
+    batch_size: int = Field(8, ge=1, description="train rows per step in the reference's step count")
+    candidates_per_step: int = Field(8, ge=1, description="prompts sampled and scored on dev per step")
+    retrieved: int = Field(3, ge=1, description="trajectory prompts shown: the current one and the most similar")
+    max_words: int = Field(50, ge=1, description="edit budget in words at the first step (cosine decay)")
+    min_words: int = Field(10, ge=1, description="edit budget in words at the last step")
+    exemplars: int = Field(3, ge=1, description="fixed train exemplars shown in the meta-prompt")
+    temperature: float = Field(1.0, ge=0, description="optimizer-LLM sampling temperature")
+    max_tokens: int = Field(512, ge=1, description="optimizer-LLM completion length")
+    similarity: Literal["bag_of_words_cosine"] = Field(
+        "bag_of_words_cosine", description="how trajectory prompts are compared (the reference: Llama-2-7B embeddings)")
 
-    def __post_init__(self):
-        require_positive(self, "epochs", "batch_size", "candidates_per_step", "retrieved", "exemplars", "max_tokens",
-                     "max_reasoning_tokens")
-        if not 1 <= self.min_words <= self.max_words:
-            raise ValueError(f"need 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
-        if self.similarity != "bag_of_words_cosine":
-            raise ValueError(f"similarity must be bag_of_words_cosine, got {self.similarity!r}")
+    @model_validator(mode="after")
+    def _word_range(self):
+        if self.min_words > self.max_words:
+            raise ValueError(f"need min_words <= max_words, got {self.min_words}, {self.max_words}")
+        return self
+
+    def deviations(self) -> list[str]:
+        return ["trajectory retrieval by bag-of-words cosine, not Llama-2-7B sentence embeddings"]
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -88,59 +88,45 @@ def meta_prompt(shown: list[dict], current: str, exemplars, words: int) -> str:
     )
 
 
-class GPORun(TextRun):
-    name = "gpo"
-
-    def run(self) -> dict:
-        dev = self.dev()
-        total = self.o.epochs * steps_per_epoch(len(self.data.train), self.o.batch_size)
-        exemplars = self._exemplars()
-        state = self.resume()
-        if state is None:
-            if not self.budget.can_afford(self.cost(self.o.initial_prompt, dev)):
-                raise ValueError("gpo: the budget cannot even score the initial prompt on dev")
-            score = self.score(self.o.initial_prompt, dev, "dev").accuracy
-            state = {"step": 0, "trajectory": [{"step": 0, "prompt": self.o.initial_prompt, "score": score,
-                                                 "word_cap": None, "task_calls": self.budget.task_calls,
-                                                 "optimizer_calls": 0}],
-                     "scores": {self.o.initial_prompt: score}, "stopped": None, "rejected": 0}
-            self.save(state)
-        while state["step"] < total and not state["stopped"]:
-            words = word_cap(len(state["trajectory"]), total, self.o.max_words, self.o.min_words)
-            current = state["trajectory"][-1]["prompt"]
-            shown = retrieve(state["trajectory"], self.o.retrieved)
-            samples = self.llm.sample(meta_prompt(shown, current, exemplars, words), self.o.candidates_per_step,
-                                      self.o.temperature, self.o.max_tokens)
-            parsed = [parse_tagged(s, "<START>", "<END>") for s in samples]
-            state["rejected"] += sum(not p for p in parsed)
-            new = [p for p in dict.fromkeys(p[0] for p in parsed if p) if p not in state["scores"]]
-            fitting = self.affordable(new, dev)
-            for prompt, evaluation in zip(fitting, self.score_all(fitting, dev, "dev")):
-                state["scores"][prompt] = evaluation.accuracy
-            if len(fitting) < len(new):
-                state["stopped"] = "budget"
-            pool = {p: state["scores"][p] for p in dict.fromkeys(p[0] for p in parsed if p) if p in state["scores"]}
-            pool[current] = 0.0  # GPO always moves away from the current prompt
-            chosen = {h["prompt"] for h in state["trajectory"]}
-            fresh = [p for p in sorted(pool, key=lambda p: -pool[p]) if p not in chosen]
-            best = fresh[0] if fresh else max(pool, key=pool.get)
-            state["step"] += 1
-            state["trajectory"].append({"step": state["step"], "prompt": best, "score": state["scores"][best],
-                                        "word_cap": words, "candidates": len(new), "task_calls": self.budget.task_calls,
-                                        "optimizer_calls": self.budget.optimizer_calls})
-            self.progress(state["step"], best, state["scores"][best], f" word cap {words}")
-            self.save(state)
-        ranked = sorted(state["trajectory"], key=lambda h: (-h["score"], h["step"]))
-        prompt, selection = self.select_on_dev([h["prompt"] for h in ranked[:3]])  # already scored on dev: free
-        return self.result(prompt, selection, state["trajectory"], state["stopped"] or "steps", self.o.initial_prompt)
-
-    def _exemplars(self):
-        """Three fixed format exemplars from train (seeded), as in the reference."""
-        train = list(self.data.train)
-        return random.Random(self.seed).sample(train, min(self.o.exemplars, len(train)))
-
-
 @register_optimizer("gpo")
-class GPO(TextOptimizer):
+class GPO(Optimizer):
     Options = GPOOptions
-    Run = GPORun
+    uses_optimizer_llm = True
+    test_options = {"epochs": 2, "batch_size": 25, "candidates_per_step": 2}
+
+    def schedule(self, run) -> int:
+        return self.options.epochs * steps_per_epoch(len(run.train), self.options.batch_size)
+
+    def start(self, run) -> dict:
+        state = {"path": [], "scores": {}, "rejected": 0}
+        for prompt, evaluation in run.score_affordable([run.initial_prompt], run.dev, "dev"):
+            state["path"].append({"prompt": prompt, "score": evaluation.accuracy})
+            state["scores"][prompt] = evaluation.accuracy
+            run.record(prompt, evaluation.accuracy, "dev")
+        return state
+
+    def step(self, run, state) -> None:
+        o = self.options
+        words = word_cap(len(state["path"]), self.schedule(run), o.max_words, o.min_words)
+        current = state["path"][-1]["prompt"]
+        exemplars = random.Random(run.seed).sample(run.train, min(o.exemplars, len(run.train)))  # fixed, as in the reference
+        samples = run.llm.sample(meta_prompt(retrieve(state["path"], o.retrieved), current, exemplars, words),
+                                 o.candidates_per_step, o.temperature, o.max_tokens)
+        parsed = [parse_tagged(s, "<START>", "<END>") for s in samples]
+        state["rejected"] += sum(not p for p in parsed)
+        sampled = list(dict.fromkeys(p[0] for p in parsed if p))
+        new = [p for p in sampled if p not in state["scores"]]
+        for prompt, evaluation in run.score_affordable(new, run.dev, "dev"):
+            state["scores"][prompt] = evaluation.accuracy
+        pool = {p: state["scores"][p] for p in sampled if p in state["scores"]}
+        pool[current] = 0.0  # GPO always moves away from the current prompt
+        chosen = {h["prompt"] for h in state["path"]}
+        fresh = [p for p in sorted(pool, key=lambda p: -pool[p]) if p not in chosen]
+        best = fresh[0] if fresh else max(pool, key=pool.get)
+        state["path"].append({"prompt": best, "score": state["scores"][best]})
+        run.record(best, state["scores"][best], "dev", word_cap=words, candidates=len(new),
+                   rejected_so_far=state["rejected"])
+
+    def final_candidates(self, run, state) -> list[str]:
+        ranked = sorted(enumerate(state.get("path", [])), key=lambda item: (-item[1]["score"], item[0]))
+        return [h["prompt"] for _, h in ranked[:3]]

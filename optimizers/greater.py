@@ -19,540 +19,120 @@ Each step edits one token of the prompt, left to right (see
 
 The reference's bugs are fixed; where the faithful behaviour differs it stays available
 behind an option (``ppl_targets="previous"``, ``scoring_context="reference"``). The
-chosen prompt is the best on dev among the lowest-objective prompts the run saw.
+``final_candidates`` lowest-objective prompts the run saw go to the shared final
+choice on dev. GReaTer starts from the shared initial prompt (the reference starts from
+its own longer text: set ``terms.initial_prompt`` to it to reproduce the paper) and
+optimizes with the task model itself: it uses no optimizer LLM.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import string
-import time
-from collections import defaultdict
-from dataclasses import dataclass
+from typing import Literal
 
-import torch
+from pydantic import Field
 
-from model_engine import GenerationParams
-from model_engine.prefix_cache import PrefixCache
-from model_engine.prefix_cache import supports as prefix_cache_supported
-from optimizers.base import (
-    Budget,
-    Checkpoint,
-    Optimizer,
-    OptionError,
-    provenance,
-    prompt_key,
-    register_optimizer,
-    require_positive,
-    resume_progress,
-    save_progress,
-)
-from optimizers.harness import Harness
-from tasks.prompt_slot import EXTRACTOR_SEPARATOR, SLOT_SEPARATOR
+from optimizers.base import Optimizer, register_optimizer
+from optimizers.contract import OptimizerOptions
 
-PLACEHOLDER = "_"
-_SENTINEL = "\ue000"  # a private-use character that no chat template contains
-_ALLOWED_PUNCTUATION = {".", ",", " "}
-
-
-@dataclass(frozen=True)
-class GreaterOptions:
-    n_train: int = 50
-    steps: int = 125
-    #: initial per-example top-k of the proposal (grows by 2 until min_candidates)
-    topk: int = 40
-    #: number of random example groups whose top-k intersections are unioned
-    topq: int = 6
-    examples_per_group: int = 5
-    min_candidates: int = 6
-    #: gradient top-q: candidates evaluated with fresh rollouts each step
-    candidates_per_step: int = 3
-    #: lambda: weight of the prompt perplexity term in the gradient loss
-    perplexity_weight: float = 0.2
-    #: weight of the prompt perplexity term in the selection objective
-    selection_perplexity_weight: float = 0.02
-    #: tau: the answer logits are divided by it in the gradient loss
-    temperature: float = 0.2
-    max_reasoning_tokens: int = 1024
-    initial_prompt: str = "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
-    #: how many of the lowest-objective prompts are scored on dev at the end
-    final_candidates: int = 10
-    #: dev rows used for the final choice (None: all)
-    n_dev: int | None = None
-    #: examples per forward/backward micro-batch of the gradient
-    grad_batch_size: int = 8
-    #: sequences per teacher-forced scoring batch (sorted by length, so little padding)
-    score_batch_size: int = 16
-    #: "always" (reference: the best candidate replaces the token) or "improvement"
-    accept: str = "always"
-    #: reference rule: a candidate containing "." in the second half of the prompt wins at once
-    period_rule: bool = True
-    #: "candidate" (fixed) or "previous" (reference bug: NLL of the old prompt's ids)
-    ppl_targets: str = "candidate"
-    #: "clean" (fixed) or "reference" (bug: every EOS/pad id removed from the scored prompt)
-    scoring_context: str = "clean"
-    #: compute each question prefix's key/value states once and reuse them (same results, faster)
-    reuse_prefix_cache: bool = True
-
-    def __post_init__(self):
-        require_positive(self, "n_train", "steps", "topk", "topq", "examples_per_group", "min_candidates",
-                         "candidates_per_step", "max_reasoning_tokens", "final_candidates", "grad_batch_size",
-                         "score_batch_size")
-        if self.n_dev is not None and self.n_dev < 1:
-            raise ValueError(f"n_dev must be a positive integer or null, got {self.n_dev!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        for name in ("perplexity_weight", "selection_perplexity_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        choices = {"accept": ("always", "improvement"), "ppl_targets": ("candidate", "previous"),
-                   "scoring_context": ("clean", "reference")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not self.initial_prompt.strip():
-            raise ValueError("initial_prompt must not be empty")
+class GreaterOptions(OptimizerOptions):
+    n_train: int = Field(50, ge=1, description="train rows of the gradient and of candidate evaluation")
+    steps: int = Field(125, ge=1, description="token edits (a cap may end the run earlier)")
+    topk: int = Field(40, ge=1, description="initial per-example top-k of the proposal (grows by 2 until min_candidates)")
+    topq: int = Field(6, ge=1, description="random example groups whose top-k intersections are unioned")
+    examples_per_group: int = Field(5, ge=1, description="examples per proposal group")
+    min_candidates: int = Field(6, ge=1, description="proposal size that stops k from growing")
+    candidates_per_step: int = Field(3, ge=1, description="gradient top-q: candidates evaluated with fresh rollouts")
+    perplexity_weight: float = Field(0.2, ge=0, description="lambda: prompt perplexity weight in the gradient loss")
+    selection_perplexity_weight: float = Field(0.02, ge=0, description="prompt perplexity weight in the selection objective")
+    temperature: float = Field(0.2, gt=0, description="tau: the answer logits are divided by it in the gradient loss")
+    final_candidates: int = Field(10, ge=1, description="lowest-objective prompts scored on dev at the end")
+    grad_batch_size: int = Field(8, ge=1, description="examples per forward/backward micro-batch of the gradient")
+    score_batch_size: int = Field(16, ge=1, description="sequences per teacher-forced scoring batch")
+    accept: Literal["always", "improvement"] = Field(
+        "always", description="always (reference: the best candidate replaces the token) or only on improvement")
+    period_rule: bool = Field(True, description="reference rule: a candidate with '.' in the prompt's second half wins at once")
+    ppl_targets: Literal["candidate", "previous"] = Field(
+        "candidate", description="candidate (fixed) or previous (reference bug: NLL of the old prompt's ids)")
+    scoring_context: Literal["clean", "reference"] = Field(
+        "clean", description="clean (fixed) or reference (bug: every EOS/pad id removed from the scored context)")
+    reuse_prefix_cache: bool = Field(True, description="compute each question's key/value states once (same results, faster)")
 
 
 @register_optimizer("greater")
 class Greater(Optimizer):
     Options = GreaterOptions
+    test_options = {"n_train": 3, "steps": 3, "final_candidates": 2, "topk": 5, "grad_batch_size": 3}
 
-    def optimize(self, data, model, budget: Budget, rng: random.Random, checkpoint: Checkpoint, seed: int = 0,
-                 optimizer_model=None) -> dict:
-        return GreaterRun(self.options, data, model, budget, rng, checkpoint, seed).run()
+    def schedule(self, run) -> int:
+        return self.options.steps
 
+    def dev_candidates(self) -> int:
+        return self.options.final_candidates
 
-def allowed_token_mask(tokenizer) -> torch.Tensor:
-    """Tokens that may be proposed: words (letters, optional spaces) and ". , space".
+    def prepare(self, run) -> None:
+        from optimizers.greater_gradient import GradientSearch  # torch: only when a run starts
 
-    Every special and added token is excluded, over the whole vocabulary (the reference
-    scanned only ids 3..vocab_size, letting "!" and chat markers through).
-    """
-    size = len(tokenizer)
-    excluded = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
-    printable = set(string.printable) - set("\t\n\r\x0b\x0c")
-    mask = torch.zeros(size, dtype=torch.bool)
-    for token_id in range(size):
-        if token_id in excluded:
-            continue
-        text = tokenizer.decode([token_id])
-        if not text or not set(text) <= printable:
-            continue
-        if text in _ALLOWED_PUNCTUATION or all(ch.isalpha() or ch == " " for ch in text) and text.strip():
-            mask[token_id] = True
-    return mask
+        self.search = GradientSearch(self.options, run)
 
+    def start(self, run) -> dict:
+        prompt = self.search._segment(run.initial_prompt)
+        (initial,) = self.search.evaluate([prompt], prompt)
+        state = {"prompt": prompt, "pos": 0, "n0": len(prompt), "seen": [initial], "current": initial}
+        self._record(run, run.initial_prompt, initial, position=0)
+        return state
 
-def propose_candidates(log_probs: torch.Tensor, k0: int, groups: int, group_size: int, min_candidates: int,
-                       rng: random.Random) -> tuple[list[int], int]:
-    """Union over ``groups`` random example groups of the intersection of their top-k sets.
-
-    ``log_probs`` is [examples, vocab] with excluded tokens at -inf. Returns the sorted
-    candidate ids and the k that was used.
-    """
-    examples, vocab = log_probs.shape
-    finite = int(torch.isfinite(log_probs).sum(dim=1).min())
-    k = min(k0, finite)
-    while True:
-        top_sets = [set(row) for row in log_probs.topk(k, dim=1).indices.tolist()]
-        candidates: set[int] = set()
-        for _ in range(groups):
-            group = rng.sample(range(examples), min(group_size, examples))
-            candidates |= set.intersection(*(top_sets[i] for i in group))
-        if len(candidates) >= min_candidates or k >= finite:
-            return sorted(candidates), k
-        k = min(k + 2, finite)
-
-
-@dataclass
-class Example:
-    id: str
-    index: int  # row of the run's prefix cache
-    prefix: list[int]  # chat head + question + slot separator
-    target: list[int]  # extractor + gold answer
-    answer_start: int  # answer tokens: target[answer_start:]
-
-
-@dataclass
-class Scored:
-    """One teacher-forced sequence: prefix, then the suffix prompt + assistant header + reasoning + target."""
-
-    prefix: list[int]
-    prompt: list[int]
-    tail: list[int]
-    reasoning: list[int]
-    example: Example
-
-    @property
-    def suffix(self) -> list[int]:
-        return self.prompt + self.tail + self.reasoning + self.example.target
-
-    def answer_positions(self) -> list[int]:
-        """Suffix positions whose logits predict the answer tokens."""
-        start = len(self.prompt) + len(self.tail) + len(self.reasoning) + self.example.answer_start
-        return [t - 1 for t in range(start, len(self.suffix))]
-
-    def prompt_positions(self) -> list[int]:
-        """Suffix positions whose logits predict the prompt tokens (-1: the prefix's last)."""
-        return [j - 1 for j in range(len(self.prompt))]
-
-
-class GreaterRun:
-    def __init__(self, options: GreaterOptions, data, model, budget: Budget, rng: random.Random,
-                 checkpoint: Checkpoint, seed: int):
-        if options.n_train > len(data.train):
-            raise OptionError(f"greater: n_train={options.n_train} but the task has {len(data.train)} train rows")
-        self.o, self.data, self.model, self.budget, self.rng = options, data, model, budget, rng
-        self.checkpoint, self.seed = checkpoint, seed
-        self.task, self.tokenizer = data.task, model.tokenizer
-        self.net = model.model
-        self.embed = self.net.get_input_embeddings()
-        self.head = self.net.get_output_embeddings()
-        self.softcap = getattr(self.net.config, "final_logit_softcapping", None)
-        self.device = model.device
-        head_text, tail_text = model.render([{"role": "user", "content": _SENTINEL}]).split(_SENTINEL)
-        self.tail = self._segment(tail_text)
-        self.examples = [self._example(i, e, head_text) for i, e in enumerate(data.train[: options.n_train])]
-        self.allowed = allowed_token_mask(self.tokenizer).to(self.device)
-        self.placeholder = self._segment(PLACEHOLDER)[-1]
-        self.drop_ids = set(model.eos_ids) | {model.pad_id}
-        self.reasoning = GenerationParams(max_new_tokens=options.max_reasoning_tokens)
-        self.rollout_memory: dict[str, list[tuple[int, ...]]] = {}
-        self.phase_seconds: dict[str, float] = defaultdict(float)
-        # The question prefixes' key/value states, computed once and reused by every pass.
-        self.prefix_cache = None
-        if options.reuse_prefix_cache and prefix_cache_supported(self.net):
-            started = time.perf_counter()
-            self.prefix_cache = PrefixCache(model, [e.prefix for e in self.examples])
-            self.budget.forward_passes += len(self.examples)
-            self.budget.forward_tokens += sum(len(e.prefix) for e in self.examples)
-            self.phase_seconds["prefix_cache"] += time.perf_counter() - started
-
-    # ---- tokens -------------------------------------------------------------------------
-    def _segment(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _example(self, index: int, example, head_text: str) -> Example:
-        prefix = self.model.encode(head_text + example.question + SLOT_SEPARATOR)
-        extractor = EXTRACTOR_SEPARATOR + self.task.extractor
-        encoded = self.tokenizer(extractor + self.task.target_text(example.gold), add_special_tokens=False,
-                                 return_offsets_mapping=True)
-        answer_start = next((i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > len(extractor)), None)
-        if answer_start is None:
-            raise ValueError(f"{example.id}: the gold answer has no tokens after the extractor")
-        return Example(example.id, index, prefix, encoded["input_ids"], answer_start)
-
-    def text(self, prompt: list[int]) -> str:
-        return self.tokenizer.decode(prompt, skip_special_tokens=True).strip()
-
-    # ---- batched model passes -----------------------------------------------------------
-    def _logits_at(self, hidden: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
-        """Logits only where a loss needs them (the LM head on a few positions)."""
-        logits = self.head(hidden[rows, cols]).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
-
-    def _forward(self, rows: list[tuple[Example, list[int], list[int]]], leaf_positions=None):
-        """Hidden states of (example, prefix, suffix) rows; ``offsets[b] + p`` is suffix position p.
-
-        With the prefix cache (and the example's own prefix), only the suffixes run. A
-        leaf at suffix position ``leaf_positions[b]`` replaces that input embedding, so
-        the loss's gradient with respect to it can be taken.
-        """
-        prefixed = self.prefix_cache is not None and all(prefix is e.prefix for e, prefix, _ in rows)
-        if prefixed:
-            cache, prefix_mask, prefix_lengths = self.prefix_cache.assemble([e.index for e, _, _ in rows])
-            width = max(len(suffix) for _, _, suffix in rows)
-            ids = torch.full((len(rows), width), self.model.pad_id, dtype=torch.long, device=self.device)
-            suffix_mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
-            for b, (_, _, suffix) in enumerate(rows):
-                ids[b, :len(suffix)] = torch.tensor(suffix, device=self.device)
-                suffix_mask[b, :len(suffix)] = 1
-            attention = torch.cat([prefix_mask, suffix_mask], dim=1)
-            positions = prefix_lengths[:, None] + torch.arange(width, device=self.device)[None, :]
-            offsets = [0] * len(rows)
-            self.budget.forward_tokens += sum(len(suffix) for _, _, suffix in rows)
-        else:
-            cache = None
-            ids, attention, positions, pads = self.model.left_pad([prefix + suffix for _, prefix, suffix in rows])
-            offsets = [pad + len(prefix) for pad, (_, prefix, _) in zip(pads, rows)]
-            self.budget.forward_tokens += sum(len(prefix) + len(suffix) for _, prefix, suffix in rows)
-        embeds = self.embed(ids)  # the model's own embedding (with its scale, e.g. Gemma's sqrt(d))
-        leaf = None
-        if leaf_positions is not None:
-            batch = torch.arange(len(rows), device=self.device)
-            cols = torch.tensor([o + p for o, p in zip(offsets, leaf_positions)], device=self.device)
-            leaf = embeds[batch, cols].detach().clone().requires_grad_(True)
-            embeds = embeds.index_put((batch, cols), leaf)
-            self.budget.backward_tokens += sum(len(suffix) + (0 if prefixed else len(prefix)) for _, prefix, suffix in rows)
-        hidden = self.net.base_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                                     past_key_values=cache, use_cache=cache is not None).last_hidden_state
-        return hidden, offsets, leaf, prefixed
-
-    def _row_logits(self, hidden, row: int, positions: list[int], offset: int, example: Example, prefixed: bool):
-        """Logits at suffix ``positions`` of one row; position -1 under the prefix cache is stored."""
-        if prefixed and positions and positions[0] < 0:
-            rest = self._logits_at(hidden, [row] * (len(positions) - 1), [offset + p for p in positions[1:]])
-            return torch.cat([self.prefix_cache.last_logits[example.index][None], rest])
-        return self._logits_at(hidden, [row] * len(positions), [offset + p for p in positions])
-
-    # ---- rollouts ------------------------------------------------------------------------
-    def rollouts(self, prompts: list[list[int]]) -> list[list[tuple[int, ...]]]:
-        """Greedy reasoning of every train example under each prompt (one batched call)."""
-        missing = [p for p in dict.fromkeys(map(tuple, prompts)) if prompt_key(p) not in self.rollout_memory]
-        if missing:
-            started = time.perf_counter()
-            for prompt in missing:
-                self.budget.charge_task_calls(prompt, [e.id for e in self.examples])
-            before = self.model.meter.total
-            if self.prefix_cache is not None:
-                rows = [(e.index, list(p) + self.tail) for p in missing for e in self.examples]
-                completions = self.model.complete_prefixed(self.prefix_cache, rows, self.reasoning)
-            else:
-                sequences = [e.prefix + list(p) + self.tail for p in missing for e in self.examples]
-                completions = self.model.complete_ids(sequences, self.reasoning)
-            self.budget.task_usage = self.budget.task_usage + (self.model.meter.total - before)
-            n = len(self.examples)
-            for index, prompt in enumerate(missing):
-                self.rollout_memory[prompt_key(prompt)] = [c.token_ids for c in completions[index * n:(index + 1) * n]]
-            self.phase_seconds["rollouts"] += time.perf_counter() - started
-        return [self.rollout_memory[prompt_key(p)] for p in prompts]
-
-    # ---- 1. proposal ---------------------------------------------------------------------
-    def propose(self, prompt: list[int], pos: int) -> tuple[list[int], int]:
-        started = time.perf_counter()
-        if pos == 0 and self.prefix_cache is not None:
-            logits = self.prefix_cache.last_logits.clone()
-        else:
-            rows = []
-            with torch.inference_mode():
-                for start in range(0, len(self.examples), self.model.batch_size):
-                    batch = [(e, e.prefix, prompt[:pos]) for e in self.examples[start:start + self.model.batch_size]]
-                    hidden, offsets, _, prefixed = self._forward(batch)
-                    rows += [self._row_logits(hidden, b, [pos - 1], offsets[b], e, prefixed) for b, (e, _, _) in enumerate(batch)]
-            self.budget.forward_passes += len(self.examples)
-            logits = torch.cat(rows)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        log_probs[:, ~self.allowed] = -math.inf
-        if pos > 0:
-            log_probs[:, prompt[pos - 1]] = -math.inf  # never repeat the previous token
-        candidates, k = propose_candidates(log_probs, self.o.topk, self.o.topq, self.o.examples_per_group,
-                                           self.o.min_candidates, self.rng)
-        if pos < len(prompt) and prompt[pos] not in candidates:
-            candidates = sorted(candidates + [prompt[pos]])
-        self.phase_seconds["proposal"] += time.perf_counter() - started
-        return candidates, k
-
-    # ---- 3-4. gradient through the embedding row -------------------------------------------
-    def _scored(self, example: Example, prompt, reasoning, context: str = "clean") -> Scored:
-        if context == "reference":  # bug 9: every EOS/pad id dropped from the context
-            keep = lambda ids: [t for t in ids if t not in self.drop_ids]  # noqa: E731
-            return Scored(keep(example.prefix), list(prompt), keep(self.tail), list(reasoning), example)
-        return Scored(example.prefix, list(prompt), self.tail, list(reasoning), example)
-
-    def gradient_scores(self, prompt: list[int], pos: int, candidates: list[int], reasoning) -> torch.Tensor:
-        """d loss / d one-hot at ``pos``, for each candidate: <embedding row, d loss / d input embedding>."""
-        started = time.perf_counter()
-        total = torch.zeros(self.embed.weight.shape[1], dtype=torch.float32, device=self.device)
-        # Micro-batches of similar length carry little padding.
-        order = sorted(range(len(self.examples)), key=lambda i: len(self.examples[i].prefix) + len(reasoning[i]))
-        for start in range(0, len(order), self.o.grad_batch_size):
-            batch = [self._scored(self.examples[i], prompt, reasoning[i]) for i in order[start:start + self.o.grad_batch_size]]
-            with torch.enable_grad():
-                hidden, offsets, leaf, prefixed = self._forward([(b.example, b.prefix, b.suffix) for b in batch],
-                                                                [pos] * len(batch))
-                loss = self._loss(hidden, batch, offsets, prefixed)["objective"].sum()
-                (gradient,) = torch.autograd.grad(loss, leaf)
-            total += gradient.float().sum(dim=0)
-        self.budget.forward_passes += len(self.examples)
-        self.budget.backward_passes += len(self.examples)
-        with torch.no_grad():
-            rows = self.embed(torch.tensor(candidates, device=self.device)).float()
-        self.phase_seconds["gradient"] += time.perf_counter() - started
-        return rows @ total
-
-    def _loss(self, hidden, batch: list[Scored], offsets, prefixed: bool, ppl_targets=None) -> dict:
-        """Per example: answer CE (logits / temperature), prompt NLL, teacher-forced mistake."""
-        answer_ce, nll, wrong = [], [], []
-        for row, (scored, offset) in enumerate(zip(batch, offsets)):
-            answer_positions = scored.answer_positions()
-            logits = self._row_logits(hidden, row, scored.prompt_positions() + answer_positions, offset,
-                                      scored.example, prefixed)
-            prompt_logits, answer_logits = logits[: len(scored.prompt)], logits[len(scored.prompt):]
-            gold = torch.tensor(scored.example.target[scored.example.answer_start:], device=self.device)
-            targets = torch.tensor(ppl_targets if ppl_targets is not None else scored.prompt, device=self.device)
-            answer_ce.append(torch.nn.functional.cross_entropy(answer_logits / self.o.temperature, gold))
-            nll.append(torch.nn.functional.cross_entropy(prompt_logits, targets))
-            wrong.append(bool((answer_logits.argmax(dim=-1) != gold).any()))
-        answer_ce, nll = torch.stack(answer_ce), torch.stack(nll)
-        return {"objective": answer_ce + self.o.perplexity_weight * nll, "answer_ce": answer_ce, "nll": nll, "wrong": wrong}
-
-    # ---- 5. candidate evaluation ---------------------------------------------------------------
-    def evaluate(self, prompts: list[list[int]], previous: list[int]) -> list[dict]:
-        """Training error + 0.02 x prompt NLL of each prompt, on fresh rollouts."""
-        all_reasoning = self.rollouts(prompts)
-        started = time.perf_counter()
-        # Every (prompt, example) row in one pool, sorted by length so batches carry little padding.
-        rows = [(p, self._scored(e, prompt, r, self.o.scoring_context))
-                for p, (prompt, reasoning) in enumerate(zip(prompts, all_reasoning))
-                for e, r in zip(self.examples, reasoning)]
-        rows.sort(key=lambda row: len(row[1].prefix) + len(row[1].suffix))
-        per_prompt = [{"wrong": [], "nll": [], "answer_ce": []} for _ in prompts]
-        with torch.inference_mode():
-            for start in range(0, len(rows), self.o.score_batch_size):
-                chunk = rows[start:start + self.o.score_batch_size]
-                batch = [scored for _, scored in chunk]
-                hidden, offsets, _, prefixed = self._forward([(b.example, b.prefix, b.suffix) for b in batch])
-                for row, (p, scored) in enumerate(chunk):
-                    # reference bug 11: NLL of the old prompt's ids under the candidate
-                    targets = previous if self.o.ppl_targets == "previous" and len(previous) == len(prompts[p]) else None
-                    parts = self._loss(hidden[row:row + 1], [scored], offsets[row:row + 1], prefixed, targets)
-                    per_prompt[p]["wrong"] += parts["wrong"]
-                    per_prompt[p]["nll"] += parts["nll"].tolist()
-                    per_prompt[p]["answer_ce"] += parts["answer_ce"].tolist()
-        results = []
-        for prompt, parts in zip(prompts, per_prompt):
-            error, mean_nll = sum(parts["wrong"]) / len(parts["wrong"]), sum(parts["nll"]) / len(parts["nll"])
-            results.append({"prompt": list(prompt), "train_error": error, "perplexity": mean_nll,
-                            "answer_loss": sum(parts["answer_ce"]) / len(parts["answer_ce"]),
-                            "objective": error + self.o.selection_perplexity_weight * mean_nll})
-        self.budget.forward_passes += len(prompts) * len(self.examples)
-        self.phase_seconds["evaluation"] += time.perf_counter() - started
-        return results
-
-    # ---- the loop ----------------------------------------------------------------------------
-    def run(self) -> dict:
-        state = self._restore()
-        if state is None:
-            prompt = self._segment(self.o.initial_prompt)
-            initial = self.evaluate([prompt], prompt)[0]
-            state = {"prompt": prompt, "pos": 0, "n0": len(prompt), "step": 0, "seen": [initial],
-                     "current": initial, "trajectory": [self._record(0, None, initial, [], None)]}
-            self._progress(state["trajectory"][-1])
-            self._save(state)
-        while state["step"] < self.o.steps and not state.get("stopped"):
-            if not self._step(state):
-                state["stopped"] = "budget"
-            self._save(state)
-        return self._finish(state)
-
-    def _step(self, state) -> bool:
+    def step(self, run, state) -> None:
+        search, o = self.search, self.options
         prompt, pos = list(state["prompt"]), state["pos"]
-        final_reserve = self._final_reserve()
-        if not self.budget.can_afford(self.o.candidates_per_step * len(self.examples) + final_reserve):
-            return False
-        (reasoning,) = self.rollouts([prompt])
-        candidates, k = self.propose(prompt, pos)
-        scores = self.gradient_scores(prompt, pos, candidates, reasoning)
+        cost = o.candidates_per_step * len(search.examples)
+        if not run.budget.can_afford(cost + run.reserve()):
+            run.stop("task_calls", f"the next step needs {cost} task calls and {run.reserve()} are reserved for dev; "
+                                   f"{run.budget.remaining_task_calls()} remain")
+            return
+        (reasoning,) = search.rollouts([prompt])
+        candidates, k = search.propose(prompt, pos)
+        scores = search.gradient_scores(prompt, pos, candidates, reasoning)
         order = sorted(range(len(candidates)), key=lambda j: (float(scores[j]), candidates[j]))
-        chosen = [candidates[j] for j in order[: self.o.candidates_per_step]]
+        chosen = [candidates[j] for j in order[: o.candidates_per_step]]
         period_at = None
-        if self.o.period_rule and pos >= 0.5 * state["n0"]:
-            period_at = next((i for i, c in enumerate(chosen) if "." in self.tokenizer.decode([c])), None)
+        if o.period_rule and pos >= 0.5 * state["n0"]:
+            period_at = next((i for i, c in enumerate(chosen) if "." in search.tokenizer.decode([c])), None)
             if period_at is not None:
                 chosen = chosen[: period_at + 1]
-        trials = [prompt[:pos] + [c] + prompt[pos + 1:] for c in chosen]
-        results = self.evaluate(trials, prompt)
+        results = search.evaluate([prompt[:pos] + [c] + prompt[pos + 1:] for c in chosen], prompt)
         state["seen"] += results
         winner = results[-1] if period_at is not None else None
         if winner is None:
             for result in results:  # ties go to the later candidate, as in the reference
                 if winner is None or result["objective"] <= winner["objective"]:
                     winner = result
-        if self.o.accept == "improvement" and winner["objective"] > state["current"]["objective"]:
+        if o.accept == "improvement" and winner["objective"] > state["current"]["objective"]:
             winner = state["current"] | {"prompt": prompt}
         new_prompt = winner["prompt"]
         pos += 1
         if pos == len(new_prompt):
-            if "." in self.tokenizer.decode([new_prompt[-1]]):
+            if "." in search.tokenizer.decode([new_prompt[-1]]):
                 pos = 0
             else:
-                new_prompt = new_prompt + [self.placeholder]
-        state.update(prompt=new_prompt, pos=pos, current=winner, step=state["step"] + 1)
-        state["trajectory"].append(self._record(state["step"], pos, winner, chosen, k, len(candidates)))
-        self._progress(state["trajectory"][-1])
-        return True
+                new_prompt = new_prompt + [search.placeholder]
+        state.update(prompt=new_prompt, pos=pos, current=winner)
+        self._record(run, search.text(winner["prompt"]), winner, position=pos, candidates_proposed=len(candidates),
+                     candidates_evaluated=[search.tokenizer.decode([c]) for c in chosen], topk_used=k)
 
-    def _final_reserve(self) -> int:
-        n_dev = len(self._dev())
-        return self.o.final_candidates * n_dev
+    def _record(self, run, text: str, result: dict, **details) -> None:
+        run.record(text, 1.0 - result["train_error"], "train", prompt_ids=list(result["prompt"]),
+                   loss=result["objective"], train_error=result["train_error"], perplexity=result["perplexity"],
+                   answer_loss=result["answer_loss"], **details)
 
-    def _dev(self):
-        return self.data.dev[: self.o.n_dev] if self.o.n_dev else self.data.dev
+    def final_candidates(self, run, state) -> list[str]:
+        """The lowest-objective prompts the run saw (placeholders stripped), best first."""
+        from optimizers.greater_gradient import PLACEHOLDER
 
-    def _record(self, step, pos, result, evaluated, k, proposed=None) -> dict:
-        return {
-            "step": step,
-            "position": pos,
-            "prompt": self.text(result["prompt"]),
-            "prompt_ids": list(result["prompt"]),
-            "loss": result["objective"],
-            "train_error": result["train_error"],
-            "perplexity": result["perplexity"],
-            "answer_loss": result["answer_loss"],
-            "candidates_proposed": proposed,
-            "candidates_evaluated": [self.tokenizer.decode([c]) for c in evaluated],
-            "topk_used": k,
-            "task_calls": self.budget.task_calls,
-        }
-
-    def _progress(self, record) -> None:
-        print(f"[greater] step {record['step']}/{self.o.steps} loss {record['loss']:.4f} "
-              f"error {record['train_error']:.3f} task calls {record['task_calls']} prompt {record['prompt']!r}",
-              flush=True)
-
-    def _finish(self, state) -> dict:
-        started = time.perf_counter()
-        ranked, seen_keys = [], set()
-        for result in sorted(state["seen"], key=lambda r: r["objective"]):
-            text = self.text(result["prompt"]).rstrip(PLACEHOLDER).strip()
-            if text and text not in seen_keys:
-                seen_keys.add(text)
-                ranked.append((text, result))
-            if len(ranked) == self.o.final_candidates:
+        ranked = []
+        for result in sorted(state.get("seen", []), key=lambda r: r["objective"]):
+            text = self.search.text(result["prompt"]).rstrip(PLACEHOLDER).strip()
+            if text and text not in ranked:
+                ranked.append(text)
+            if len(ranked) == self.options.final_candidates:
                 break
-        harness = Harness(self.task, self.model, self.budget, self.o.max_reasoning_tokens)
-        dev = self._dev()
-        fitting, cost = [], 0
-        for text, result in ranked:  # the best-ranked head that the budget can score on dev
-            cost += len(self.budget.uncharged(text, [e.id for e in dev]))
-            if not self.budget.can_afford(cost):
-                break
-            fitting.append((text, result))
-        evaluations = harness.evaluate_many([(text, dev) for text, _ in fitting]) if fitting else []
-        selection = [{"prompt": text, "train_objective": result["objective"], "dev_accuracy": evaluation.accuracy,
-                      "dev_parse_rate": evaluation.parse_rate} for (text, result), evaluation in zip(fitting, evaluations)]
-        if not selection:  # no budget left for dev: the lowest training objective wins, unscored
-            text, result = ranked[0]
-            selection = [{"prompt": text, "train_objective": result["objective"], "dev_accuracy": None,
-                          "dev_parse_rate": None}]
-        best = max(selection, key=lambda s: (s["dev_accuracy"] or 0.0, -s["train_objective"]))
-        self.phase_seconds["selection"] += time.perf_counter() - started
-        budget = self.budget.record()
-        budget["seconds"] = dict(self.phase_seconds)
-        return {
-            "optimizer": "greater",
-            "task": self.task.name,
-            "model": self.model.spec.name,
-            "prompt": best["prompt"],
-            "initial_prompt": self.o.initial_prompt,
-            "selection": {"split": "dev", "n": len(dev), "candidates": selection},
-            "trajectory": state["trajectory"],
-            "stopped": state.get("stopped", "steps"),
-            "budget": budget,
-            "provenance": provenance(self.model, self.data, self.o, self.seed),
-        }
-
-    # ---- checkpoints -----------------------------------------------------------------------------
-    def _save(self, state) -> None:
-        state["phase_seconds"] = dict(self.phase_seconds)
-        save_progress(self.checkpoint, self.o, self.rng, self.budget, state)
-
-    def _restore(self) -> dict | None:
-        state = resume_progress(self.checkpoint, self.o, self.rng, self.budget, "greater")
-        if state is not None:
-            self.phase_seconds.update(state.get("phase_seconds", {}))
-        return state
+        return ranked

@@ -5,43 +5,32 @@ Each step the optimizer LLM sees a meta-prompt with (a) the best
 in ascending order, and (b) ``exemplars`` random training problems with the
 instruction's place marked <INS> after the question; it is asked for a new, better
 instruction in <INS></INS> tags, ``samples_per_step`` times. New instructions are
-scored on the whole training split. The trajectory only grows. At the end the
-``final_candidates`` best on train are compared on dev (the harness's choice rule).
+scored on the training split. The trajectory only grows. At the end the
+``final_candidates`` best on train go to the shared final choice on dev.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field
 
-from optimizers.base import register_optimizer, require_positive
+from optimizers.base import Optimizer, register_optimizer
+from optimizers.contract import OptimizerOptions
 from optimizers.optimizer_llm import parse_tagged
-from optimizers.text_run import TextOptimizer, TextRun
 
 
-@dataclass(frozen=True)
-class OPROOptions:
-    steps: int = 200
-    samples_per_step: int = 8
-    max_instructions_shown: int = 20
-    exemplars: int = 3
-    temperature: float = 1.0
-    max_tokens: int = 512
-    #: instructions scoring below this training accuracy (0-1) are not shown
-    score_threshold: float = 0.0
-    initial_prompt: str = "Let's solve the problem."
-    #: train rows instructions are scored on (None: the whole train split, as in the reference)
-    n_train: int | None = None
-    final_candidates: int = 5
-    max_reasoning_tokens: int = 512
-    n_dev: int | None = None
+class OPROOptions(OptimizerOptions):
+    steps: int = Field(200, ge=1, description="optimization steps (a cap may end the run earlier)")
+    samples_per_step: int = Field(8, ge=1, description="instructions sampled per step")
+    max_instructions_shown: int = Field(20, ge=1, description="best earlier instructions shown in the meta-prompt")
+    exemplars: int = Field(3, ge=1, description="training problems shown in the meta-prompt")
+    temperature: float = Field(1.0, ge=0, description="optimizer-LLM sampling temperature")
+    max_tokens: int = Field(512, ge=1, description="optimizer-LLM completion length")
+    score_threshold: float = Field(0.0, ge=0, le=1, description="instructions below this train accuracy are not shown")
+    n_train: int | None = Field(None, ge=1, description="train rows instructions are scored on (null: all, as in the reference)")
+    final_candidates: int = Field(5, ge=1, description="best instructions on train compared on dev at the end")
 
-    def __post_init__(self):
-        require_positive(self, "steps", "samples_per_step", "max_instructions_shown", "exemplars", "max_tokens",
-                     "final_candidates", "max_reasoning_tokens")
-        if self.n_train is not None and self.n_train < 1:
-            raise ValueError(f"n_train must be >= 1 or null, got {self.n_train}")
-        if not 0 <= self.score_threshold <= 1:
-            raise ValueError(f"score_threshold must be within [0, 1], got {self.score_threshold}")
+    def deviations(self) -> list[str]:
+        return [f"instructions scored on the first {self.n_train} train rows, not all"] if self.n_train else []
 
 
 def shown_instructions(history: list[dict], limit: int, threshold: float) -> list[dict]:
@@ -64,63 +53,52 @@ def meta_prompt(shown: list[dict], exemplars) -> str:
     )
 
 
-class OPRORun(TextRun):
-    name = "opro"
+@register_optimizer("opro")
+class OPRO(Optimizer):
+    Options = OPROOptions
+    uses_optimizer_llm = True
+    test_options = {"steps": 3, "samples_per_step": 2, "n_train": 8, "final_candidates": 2}
 
-    def acceptable(self, prompt: str, known: set[str]) -> bool:
+    def _train(self, run):
+        return run.train[: self.options.n_train] if self.options.n_train else run.train
+
+    def schedule(self, run) -> int:
+        return self.options.steps
+
+    def dev_candidates(self) -> int:
+        return self.options.final_candidates
+
+    def acceptable(self, run, prompt: str, known: set[str]) -> bool:
         if prompt in known or "INS" in prompt:
             return False
-        return not (self.task.name == "gsm8k" and any(ch.isdigit() for ch in prompt))  # no leaked answers
+        return not (run.task.family == "gsm8k" and any(ch.isdigit() for ch in prompt))  # no leaked answers
 
-    def run(self) -> dict:
-        train = self.data.train[: self.o.n_train] if self.o.n_train else self.data.train
-        reserve = self.dev_reserve(self.o.final_candidates)
-        state = self.resume()
-        if state is None:
-            if not self.budget.can_afford(self.cost(self.o.initial_prompt, train) + reserve):
-                raise ValueError("opro: the budget cannot even score the initial instruction on train")
-            score = self.score(self.o.initial_prompt, train, "train").accuracy
-            state = {"step": 0, "history": [{"prompt": self.o.initial_prompt, "score": score, "step": -1}],
-                     "trajectory": [], "stopped": None, "rejected": 0}
-            self._record(state, [])
-            self.save(state)
-        while state["step"] < self.o.steps and not state["stopped"]:
-            shown = shown_instructions(state["history"], self.o.max_instructions_shown, self.o.score_threshold)
-            exemplars = self.rng.sample(list(train), min(self.o.exemplars, len(train)))
-            samples = self.llm.sample(meta_prompt(shown, exemplars), self.o.samples_per_step, self.o.temperature,
-                                      self.o.max_tokens)
-            known = {h["prompt"] for h in state["history"]}
-            new = []
-            for text in samples:
-                parsed = parse_tagged(text, "<INS>", "</INS>")
-                if parsed and self.acceptable(parsed[0], known | set(new)):
-                    new.append(parsed[0])
-                else:
-                    state["rejected"] += 1
-            fitting = self.affordable(new, train, reserve)
-            for prompt, evaluation in zip(fitting, self.score_all(fitting, train, "train")):
-                state["history"].append({"prompt": prompt, "score": evaluation.accuracy, "step": state["step"]})
-            if len(fitting) < len(new):
-                state["stopped"] = "budget"
-            state["step"] += 1
-            self._record(state, shown)
-            self.save(state)
-        ranked = sorted(state["history"], key=lambda h: (-h["score"], h["step"]))
-        prompt, selection = self.select_on_dev([h["prompt"] for h in ranked[: self.o.final_candidates]])
-        return self.result(prompt, selection, state["trajectory"], state["stopped"] or "steps", self.o.initial_prompt)
+    def start(self, run) -> dict:
+        state = {"history": [], "rejected": 0}
+        for prompt, evaluation in run.score_affordable([run.initial_prompt], self._train(run), "train"):
+            state["history"].append({"prompt": prompt, "score": evaluation.accuracy, "step": 0})
+            run.record(prompt, evaluation.accuracy, "train", new=1)
+        return state
 
-    def _record(self, state, shown) -> None:
-        best = max(state["history"], key=lambda h: h["score"])
-        state["trajectory"].append({
-            "step": state["step"], "prompt": best["prompt"], "train_accuracy": best["score"],
-            "new": [h for h in state["history"] if h["step"] == state["step"] - 1],
-            "shown": len(shown), "rejected_so_far": state["rejected"],
-            "task_calls": self.budget.task_calls, "optimizer_calls": self.budget.optimizer_calls,
-        })
-        self.progress(state["step"], best["prompt"], best["score"])
+    def step(self, run, state) -> None:
+        train = self._train(run)
+        shown = shown_instructions(state["history"], self.options.max_instructions_shown, self.options.score_threshold)
+        exemplars = run.rng.sample(train, min(self.options.exemplars, len(train)))
+        samples = run.llm.sample(meta_prompt(shown, exemplars), self.options.samples_per_step,
+                                 self.options.temperature, self.options.max_tokens)
+        known, new = {h["prompt"] for h in state["history"]}, []
+        for text in samples:
+            parsed = parse_tagged(text, "<INS>", "</INS>")
+            if parsed and self.acceptable(run, parsed[0], known | set(new)):
+                new.append(parsed[0])
+            else:
+                state["rejected"] += 1
+        for prompt, evaluation in run.score_affordable(new, train, "train"):
+            state["history"].append({"prompt": prompt, "score": evaluation.accuracy, "step": run.step_index})
+        best = max(state["history"], key=lambda h: (h["score"], -h["step"]))
+        run.record(best["prompt"], best["score"], "train", shown=len(shown), new=len(new),
+                   rejected_so_far=state["rejected"])
 
-
-@register_optimizer("opro")
-class OPRO(TextOptimizer):
-    Options = OPROOptions
-    Run = OPRORun
+    def final_candidates(self, run, state) -> list[str]:
+        ranked = sorted(state.get("history", []), key=lambda h: (-h["score"], h["step"]))
+        return [h["prompt"] for h in ranked[: self.options.final_candidates]]

@@ -23,7 +23,7 @@ _LABEL = re.compile(
 class OptimizerLLM:
     def __init__(self, backend, budget: Budget, seed: int):
         self.backend, self.budget, self.seed = backend, budget, seed
-        self._calls = 0  # distinct seeds for successive sampling calls of a run
+        self.calls = 0  # distinct seeds for successive sampling calls of a run (checkpointed)
 
     def sample(self, message: str, n: int, temperature: float, max_tokens: int, top_p: float = 1.0,
                assistant_prefix: str = "") -> list[str]:
@@ -32,16 +32,20 @@ class OptimizerLLM:
 
     def sample_many(self, messages: list[str], n: int, temperature: float, max_tokens: int, top_p: float = 1.0,
                     assistant_prefix: str = "") -> list[list[str]]:
-        """``n`` samples for each meta-prompt, in one batched call."""
+        """``n`` samples for each meta-prompt, in one batched call.
+
+        Every completion of the call has its own sample index, so identical meta-prompts in
+        one batch get independent samples instead of one cached completion charged n times.
+        """
         self.budget.charge_optimizer_calls(n * len(messages))
-        self._calls += 1
+        self.calls += 1
         params = GenerationParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                  seed=self.seed * 100_003 + self._calls)
+                                  seed=self.seed * 100_003 + self.calls)
         before = self.backend.meter.total
         completions = self.backend.chat(
             [[{"role": "user", "content": m}] for m in messages for _ in range(n)],
             params,
-            sample_indices=[i for _ in messages for i in range(n)],
+            sample_indices=list(range(n * len(messages))),
             assistant_prefix=assistant_prefix,
         )
         self.budget.optimizer_usage = self.budget.optimizer_usage + (self.backend.meter.total - before)

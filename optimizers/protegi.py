@@ -4,56 +4,68 @@ Each round, for every prompt in the beam: score it on a random train minibatch;
 ``gradient_groups`` times, show the optimizer LLM a group of its errors and ask for the
 reasons it failed (the textual gradient, in <START>/<END> tags); for each reason ask
 for an edited prompt; paraphrase the edits and the parent (Monte-Carlo step). At most
-``max_expansion`` new prompts per parent join the pool, and a bandit (UCB, or brute
-force) on train samples picks the ``beam_size`` best as the next beam. The final
-beam is compared on dev. Each stage runs for the whole beam at once (one scoring call,
-one optimizer-LLM call per kind of request), so the model decodes in full batches.
+``max_expansion`` new prompts per parent join the pool, and a bandit (UCB as in the
+reference: counts in samples, t = the bandit round; or brute force) on train samples
+picks the ``beam_size`` best as the next beam. The final beam goes to the shared
+choice on dev. Each stage runs for the whole beam at once (one scoring call, one
+optimizer-LLM call per kind of request), so the model decodes in full batches.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
 
 from optimizers.ape import first_line, variation_meta_prompt
-from optimizers.base import register_optimizer, require_positive
+from optimizers.base import Optimizer, register_optimizer
+from optimizers.contract import OptimizerOptions
 from optimizers.optimizer_llm import clean_prompt, parse_tagged
-from optimizers.text_run import TextOptimizer, TextRun
 
 REASONING_CHARS = 400  # the model's reasoning shown per error, truncated
 
 
-@dataclass(frozen=True)
-class ProTeGiOptions:
-    rounds: int = 6
-    beam_size: int = 4
-    minibatch: int = 64
-    gradient_groups: int = 4
-    errors_per_group: int = 4
-    reasons_per_group: int = 1
-    edits_per_reason: int = 1
-    paraphrases: int = 2
-    max_expansion: int = 8
-    #: "ucb" (bandit over train samples) or "brute_force" (every candidate on the same rows)
-    selection: str = "ucb"
-    bandit_rounds: int = 8
-    arms_per_round: int = 8
-    samples_per_pull: int = 32
-    ucb_c: float = 1.0
-    temperature: float = 0.7
-    max_tokens: int = 1024
-    initial_prompt: str = "Let's think step by step."
-    max_reasoning_tokens: int = 512
-    n_dev: int | None = None
+class BeamOptions(OptimizerOptions):
+    """Beam search with bandit selection on train samples (shared by ProTeGi and MAPO)."""
 
-    def __post_init__(self):
-        require_positive(self, "rounds", "beam_size", "minibatch", "gradient_groups", "errors_per_group", "reasons_per_group",
-                     "edits_per_reason", "max_expansion", "bandit_rounds", "arms_per_round", "samples_per_pull",
-                     "max_tokens", "max_reasoning_tokens")
-        if self.paraphrases < 0:
-            raise ValueError(f"paraphrases must be >= 0, got {self.paraphrases}")
-        if self.selection not in ("ucb", "brute_force"):
-            raise ValueError(f"selection must be one of ucb, brute_force, got {self.selection!r}")
+    rounds: int = Field(6, ge=1, description="expansion rounds (a cap may end the run earlier)")
+    beam_size: int = Field(4, ge=1, description="prompts kept after each round")
+    minibatch: int = Field(64, ge=1, description="train rows each beam prompt is run on to find its errors")
+    gradient_groups: int = Field(4, ge=1, description="textual-gradient requests per beam prompt")
+    max_expansion: int = Field(8, ge=1, description="new prompts kept per parent")
+    selection: Literal["ucb", "ucb-e", "brute_force"] = Field(
+        "ucb", description="bandit over train samples (ucb, ucb-e) or every candidate on the same rows")
+    bandit_rounds: int = Field(8, ge=1, description="bandit rounds per selection")
+    arms_per_round: int = Field(8, ge=1, description="prompts pulled per bandit round")
+    samples_per_pull: int = Field(32, ge=1, description="train rows per pull")
+    ucb_c: float = Field(1.0, ge=0, description="UCB exploration constant")
+    temperature: float = Field(0.7, ge=0, description="optimizer-LLM sampling temperature")
+    max_tokens: int = Field(1024, ge=1, description="optimizer-LLM completion length")
+
+
+class ProTeGiOptions(BeamOptions):
+    errors_per_group: int = Field(4, ge=1, description="wrong answers shown per gradient request")
+    reasons_per_group: int = Field(1, ge=1, description="reasons asked for per gradient request")
+    edits_per_reason: int = Field(1, ge=1, description="edited prompts asked for per reason")
+    paraphrases: int = Field(2, ge=0, description="Monte-Carlo paraphrases per edit and parent")
+
+
+def ucb_choose(totals: list[float], counts: list[float], n: int, t: int, c: float, rng, mode: str = "ucb") -> list[int]:
+    """The arms a UCB bandit pulls in round ``t`` (the reference's ``UCBBandits.choose``).
+
+    ``counts`` are in samples and ``totals`` the summed rewards; with nothing pulled yet
+    the arms are drawn at random. ``t`` is the bandit round (0-based), so round 1 is
+    greedy (ln 1 = 0) and exploration grows from round 2.
+    """
+    if sum(counts) == 0:
+        return rng.sample(range(len(counts)), n)
+    means = [total / count if count else 0.0 for total, count in zip(totals, counts)]
+    if mode == "ucb":
+        bound = [m + c * math.sqrt(math.log(t) / (count + 1e-3)) for m, count in zip(means, counts)]
+    else:  # ucb-e
+        bound = [m + c * math.sqrt(c / (count + 1e-3)) for m, count in zip(means, counts)]
+    return sorted(range(len(counts)), key=lambda i: (-bound[i], i))[:n]
 
 
 def error_block(errors) -> str:
@@ -82,115 +94,107 @@ def edit_meta_prompt(prompt: str, errors, reason: str, edits: int) -> str:
     )
 
 
-class ProTeGiRun(TextRun):
-    name = "protegi"
+@register_optimizer("protegi")
+class ProTeGi(Optimizer):
+    Options = ProTeGiOptions
+    uses_optimizer_llm = True
+    test_options = {"rounds": 2, "beam_size": 2, "minibatch": 4, "gradient_groups": 1, "bandit_rounds": 2,
+                    "arms_per_round": 2, "samples_per_pull": 2, "paraphrases": 1}
 
-    def run(self) -> dict:
-        reserve = self.dev_reserve(self.o.beam_size)
-        state = self.resume() or {"step": 0, "beam": [self.o.initial_prompt], "means": {}, "trajectory": [],
-                                  "stopped": None, "rejected": 0}
-        while state["step"] < self.o.rounds and not state["stopped"]:
-            pool = list(state["beam"])
-            for children in self._expand(state["beam"], state, reserve):
-                pool += [c for c in children if c not in pool]
-            if not state["stopped"]:
-                state["beam"], state["means"] = self._select(pool, state, reserve)
-            state["step"] += 1
-            state["trajectory"].append({"step": state["step"], "prompt": state["beam"][0], "beam": state["beam"],
-                                        "pool": len(pool), "train_estimates": state["means"],
-                                        "rejected_so_far": state["rejected"], "task_calls": self.budget.task_calls,
-                                        "optimizer_calls": self.budget.optimizer_calls})
-            self.progress(state["step"], state["beam"][0], state["means"].get(state["beam"][0], 0.0),
-                          f" beam {len(state['beam'])} pool {len(pool)}")
-            self.save(state)
-        prompt, selection = self.select_on_dev(state["beam"])
-        return self.result(prompt, selection, state["trajectory"], state["stopped"] or "steps", self.o.initial_prompt)
+    def schedule(self, run) -> int:
+        return self.options.rounds
 
-    def _expand(self, parents: list[str], state, reserve: int) -> list[list[str]]:
-        """Textual gradients, edits and paraphrases of each beam prompt (its new prompts).
+    def dev_candidates(self) -> int:
+        return self.options.beam_size
 
-        Parents whose minibatch no longer fits the budget are left out, and the run stops
-        after this round (``state["stopped"]``).
-        """
-        train, scored, total = list(self.data.train), [], 0
+    def start(self, run) -> dict:
+        return {"beam": [run.initial_prompt], "means": {}, "rejected": 0}
+
+    def step(self, run, state) -> None:
+        pool = list(state["beam"])
+        for children in self.expand(run, state):
+            pool += [c for c in children if c not in pool]
+        if run.stopped is None:
+            state["beam"], state["means"] = self.select(run, pool)
+        best = state["beam"][0]
+        run.record(best, state["means"].get(best), "train" if best in state["means"] else None,
+                   beam=state["beam"], pool=len(pool), train_estimates=state["means"], rejected_so_far=state["rejected"])
+
+    def final_candidates(self, run, state) -> list[str]:
+        return state.get("beam", [])
+
+    def minibatch_errors(self, run, parents: list[str]) -> dict[str, list[dict]]:
+        """Each parent's wrong answers on its own random train minibatch (parents that fit the budget)."""
+        scored, total = [], 0
         for parent in parents:
-            minibatch = self.rng.sample(train, min(self.o.minibatch, len(train)))
-            total += self.cost(parent, minibatch)
-            if not self.budget.can_afford(total + reserve):
-                state["stopped"] = "budget"
+            minibatch = run.rng.sample(run.train, min(self.options.minibatch, len(run.train)))
+            total += run.cost(parent, minibatch)
+            if not run.budget.can_afford(total + run.reserve()):
+                run.stop("task_calls", "the beam's minibatches no longer fit the budget")
                 break
             scored.append((parent, minibatch))
-        errors = {}
-        for (parent, minibatch), evaluation in zip(scored, self.score_pairs(scored, "minibatch")):
-            errors[parent] = [
-                {"question": e.question, "gold": e.gold, "answer": a or "(no answer)", "reasoning": r.strip()}
-                for e, a, ok, r in zip(minibatch, evaluation.answers, evaluation.correct, evaluation.reasoning) if not ok]
-        learning = [parent for parent, _ in scored if errors[parent]]  # a parent with no errors has nothing to learn
-        groups = [(parent, self.rng.sample(errors[parent], min(self.o.errors_per_group, len(errors[parent]))))
-                  for parent in learning for _ in range(self.o.gradient_groups)]
-        feedback = self.llm.sample_many([gradient_meta_prompt(p, g, self.o.reasons_per_group) for p, g in groups],
-                                        1, self.o.temperature, self.o.max_tokens) if groups else []
+        return {parent: [{"question": e.question, "gold": e.gold, "answer": a or "(no answer)", "reasoning": r.strip(),
+                          "correct": ok}
+                         for e, a, ok, r in zip(rows, ev.answers, ev.correct, ev.reasoning)]
+                for (parent, rows), ev in zip(scored, run.score_pairs(scored, "minibatch"))}
+
+    def expand(self, run, state) -> list[list[str]]:
+        """Textual gradients, edits and paraphrases of each beam prompt (its new prompts)."""
+        o = self.options
+        outcomes = self.minibatch_errors(run, state["beam"])
+        errors = {parent: [r for r in rows if not r["correct"]] for parent, rows in outcomes.items()}
+        learning = [parent for parent in outcomes if errors[parent]]  # a parent with no errors has nothing to learn
+        groups = [(parent, run.rng.sample(errors[parent], min(o.errors_per_group, len(errors[parent]))))
+                  for parent in learning for _ in range(o.gradient_groups)]
+        feedback = run.llm.sample_many([gradient_meta_prompt(p, g, o.reasons_per_group) for p, g in groups],
+                                       1, o.temperature, o.max_tokens) if groups else []
         reasons = [(p, g, r) for (p, g), (text,) in zip(groups, feedback)
-                   for r in parse_tagged(text, "<START>", "<END>")[: self.o.reasons_per_group]]
+                   for r in parse_tagged(text, "<START>", "<END>")[: o.reasons_per_group]]
         state["rejected"] += sum(1 for (text,) in feedback if not parse_tagged(text, "<START>", "<END>"))
         edits: dict[str, list[str]] = {parent: [] for parent in learning}
         if reasons:
-            edited = self.llm.sample_many([edit_meta_prompt(p, g, r, self.o.edits_per_reason) for p, g, r in reasons],
-                                          1, self.o.temperature, self.o.max_tokens)
+            edited = run.llm.sample_many([edit_meta_prompt(p, g, r, o.edits_per_reason) for p, g, r in reasons],
+                                         1, o.temperature, o.max_tokens)
             for (parent, _, _), (text,) in zip(reasons, edited):
-                parsed = parse_tagged(text, "<START>", "<END>")[: self.o.edits_per_reason]
+                parsed = parse_tagged(text, "<START>", "<END>")[: o.edits_per_reason]
                 state["rejected"] += not parsed
                 edits[parent] += parsed
         paraphrased: dict[str, list[str]] = {parent: [] for parent in learning}
-        if self.o.paraphrases and learning:
+        if o.paraphrases and learning:
             sources = [(parent, s) for parent in learning for s in dict.fromkeys(edits[parent] + [parent])]
-            samples = self.llm.sample_many([variation_meta_prompt(s) for _, s in sources], self.o.paraphrases,
-                                           self.o.temperature, self.o.max_tokens)
+            samples = run.llm.sample_many([variation_meta_prompt(s) for _, s in sources], o.paraphrases,
+                                          o.temperature, o.max_tokens)
             for (parent, _), group in zip(sources, samples):
                 paraphrased[parent] += [p for p in (clean_prompt(first_line(s)) for s in group) if p]
-        expansions = []
-        for parent in learning:
-            children = [c for c in dict.fromkeys(edits[parent] + paraphrased[parent]) if c != parent]
-            if len(children) > self.o.max_expansion:
-                children = self.rng.sample(children, self.o.max_expansion)
-            expansions.append(children)
-        return expansions
+        return [self.limit(run, [c for c in dict.fromkeys(edits[p] + paraphrased[p]) if c != p]) for p in learning]
 
-    def _select(self, pool: list[str], state, reserve: int) -> tuple[list[str], dict]:
+    def limit(self, run, children: list[str]) -> list[str]:
+        if len(children) > self.options.max_expansion:
+            return run.rng.sample(children, self.options.max_expansion)
+        return children
+
+    def select(self, run, pool: list[str]) -> tuple[list[str], dict[str, float]]:
         """Bandit best-arm identification on train samples; the beam is the top ``beam_size``."""
-        if len(pool) <= self.o.beam_size:  # everything fits in the beam: nothing to select
-            return pool, state["means"]
-        train = list(self.data.train)
-        totals = {p: 0.0 for p in pool}
-        pulls = {p: 0 for p in pool}
-        if self.o.selection == "brute_force":
-            rows = self.rng.sample(train, min(self.o.samples_per_pull, len(train)))
-            fitting = self.affordable(pool, rows, reserve)
-            for arm, evaluation in zip(fitting, self.score_all(fitting, rows, "select")):
-                totals[arm], pulls[arm] = evaluation.accuracy, 1
-        else:
-            for round_ in range(self.o.bandit_rounds):
-                if round_ == 0:
-                    arms = self.rng.sample(pool, min(self.o.arms_per_round, len(pool)))
-                else:
-                    total_pulls = sum(pulls.values())
-                    bound = {p: (totals[p] / pulls[p] + self.o.ucb_c * math.sqrt(math.log(total_pulls) / pulls[p]))
-                             if pulls[p] else math.inf for p in pool}
-                    arms = sorted(pool, key=lambda p: -bound[p])[: self.o.arms_per_round]
-                rows = self.rng.sample(train, min(self.o.samples_per_pull, len(train)))
-                fitting = self.affordable(arms, rows, reserve)
-                for arm, evaluation in zip(fitting, self.score_all(fitting, rows, "select")):
-                    totals[arm] += evaluation.accuracy
-                    pulls[arm] += 1
-                if len(fitting) < len(arms):
-                    state["stopped"] = "budget"
-                    break
-        means = {p: totals[p] / pulls[p] for p in pool if pulls[p]}
-        ranked = sorted(means, key=lambda p: -means[p]) or pool
-        return ranked[: self.o.beam_size], means
-
-
-@register_optimizer("protegi")
-class ProTeGi(TextOptimizer):
-    Options = ProTeGiOptions
-    Run = ProTeGiRun
+        o = self.options
+        if len(pool) <= o.beam_size:  # everything fits in the beam: nothing to select
+            return pool, {}
+        totals, counts = [0.0] * len(pool), [0.0] * len(pool)
+        rounds = 1 if o.selection == "brute_force" else o.bandit_rounds
+        for round_ in range(rounds):
+            if o.selection == "brute_force":
+                arms = list(range(len(pool)))
+            else:
+                arms = ucb_choose(totals, counts, min(o.arms_per_round, len(pool)), round_, o.ucb_c, run.rng,
+                                  o.selection)
+            rows = run.rng.sample(run.train, min(o.samples_per_pull, len(run.train)))
+            prompts = [pool[i] for i in arms]
+            fitting = run.affordable(prompts, rows)
+            for arm, evaluation in zip(arms, run.score_all(fitting, rows, "train")):
+                totals[arm] += evaluation.accuracy * len(rows)
+                counts[arm] += len(rows)
+            if len(fitting) < len(prompts):
+                run.stop("task_calls", "the bandit's next pulls no longer fit the budget")
+                break
+        means = {pool[i]: totals[i] / counts[i] for i in range(len(pool)) if counts[i]}
+        ranked = sorted(range(len(pool)), key=lambda i: (-(totals[i] / counts[i] if counts[i] else 0.0), i))
+        return [pool[i] for i in ranked[: o.beam_size]], means

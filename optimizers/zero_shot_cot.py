@@ -5,32 +5,25 @@ The baseline every optimizer must beat. It optimizes nothing and spends no budge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field
 
-from optimizers.base import Optimizer, provenance, register_optimizer
+from optimizers.base import Optimizer, register_optimizer
+from optimizers.contract import DEFAULT_INITIAL_PROMPT, OptimizerOptions
 
-PROMPT = "Let's think step by step."
 
-
-@dataclass(frozen=True)
-class ZeroShotCoTOptions:
-    prompt: str = PROMPT
+class ZeroShotCoTOptions(OptimizerOptions):
+    prompt: str = Field(DEFAULT_INITIAL_PROMPT, min_length=1, description="the fixed prompt (Kojima et al. 2022)")
 
 
 @register_optimizer("zero_shot_cot")
 class ZeroShotCoT(Optimizer):
     Options = ZeroShotCoTOptions
+    fixed = True
 
-    def optimize(self, data, model, budget, rng, checkpoint, seed: int = 0, optimizer_model=None) -> dict:
-        print(f"[zero_shot_cot] prompt {self.options.prompt!r} (no optimization, no budget spent)", flush=True)
-        return {
-            "optimizer": self.name,
-            "task": data.task.name,
-            "model": model.spec.name,
-            "prompt": self.options.prompt,
-            "initial_prompt": self.options.prompt,
-            "trajectory": [{"step": 0, "prompt": self.options.prompt, "task_calls": 0}],
-            "stopped": "fixed",
-            "budget": budget.record(),
-            "provenance": provenance(model, data, self.options, seed),
-        }
+    def final_candidates(self, run, state) -> list[str]:
+        return [self.options.prompt]
+
+    def deviations(self, run) -> list[str]:
+        if self.options.prompt != run.initial_prompt:
+            return [f"a fixed prompt {self.options.prompt!r}, not the shared initial prompt {run.initial_prompt!r}"]
+        return []

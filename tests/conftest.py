@@ -143,3 +143,21 @@ def transformers_server(model_path: str, workdir):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+FAST_TERMS = {"max_reasoning_tokens": 4, "n_dev": 4}
+
+
+def optimize(name: str, options: dict | None = None, *, model=None, optimizer_model=None, budget=None, seed: int = 0,
+             checkpoint=None, terms: dict | None = None, task: str = "navigate") -> dict:
+    """One optimizer run through the shared contract, its result as the JSON record."""
+    import tasks
+    from optimizers.base import Budget, Checkpoint, get_optimizer
+    from optimizers.contract import RunContext, Terms
+
+    context = RunContext(data=tasks.load_task_data(task), task_model=model or tiny_local_model(),
+                         budget=budget if budget is not None else Budget(None),
+                         terms=Terms(**(FAST_TERMS if terms is None else terms)), seed=seed,
+                         checkpoint=checkpoint if checkpoint is not None else Checkpoint(None),
+                         optimizer_model=optimizer_model)
+    return get_optimizer(name)(**(options or {})).optimize(context).model_dump(mode="json")

@@ -4,23 +4,19 @@
 """
 
 import json
-import random
+import logging
 import sys
 
-import tasks
 from model_engine import GenerationCache
-from optimizers.base import Budget, Checkpoint, get_optimizer
-from tests.conftest import tiny_local_model
+from optimizers.base import Checkpoint, get_optimizer
+from tests.conftest import optimize, tiny_local_model
 from tests.scripted import ScriptedLLM
-from tests.test_optimizer_contract import SMALL_OPTIONS
 
 
 def main(name: str, checkpoint: str, cache: str, output: str) -> None:
-    model = tiny_local_model(cache=GenerationCache(cache))
-    result = get_optimizer(name)(**SMALL_OPTIONS[name]).optimize(
-        tasks.load_task_data("navigate"), model, Budget(None), random.Random(11), Checkpoint(checkpoint), seed=11,
-        optimizer_model=ScriptedLLM(stateless=True),
-    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = optimize(name, get_optimizer(name).test_options, model=tiny_local_model(cache=GenerationCache(cache)),
+                      optimizer_model=ScriptedLLM(stateless=True), seed=11, checkpoint=Checkpoint(checkpoint))
     with open(output, "w") as handle:
         json.dump(result, handle)
 

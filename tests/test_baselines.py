@@ -1,19 +1,17 @@
 """The text-feedback baselines' loop logic, with a scripted optimizer LLM."""
 
-import random
 import re
 
 import pytest
 
 import tasks
-from optimizers.base import Budget, Checkpoint, get_optimizer
+from optimizers.base import Budget
 from optimizers.gpo import retrieve, steps_per_epoch, word_cap
 from optimizers.harness import Evaluation, Harness
 from optimizers.optimizer_llm import clean_prompt, parse_tagged
-from tests.conftest import tiny_local_model
+from optimizers.protegi import ucb_choose
+from tests.conftest import optimize, tiny_local_model
 from tests.scripted import ScriptedLLM
-
-FAST = {"max_reasoning_tokens": 4, "n_dev": 4}
 
 
 def _score_with(monkeypatch, evaluate):
@@ -35,10 +33,7 @@ def scored_by_length(monkeypatch):
 
 
 def _run(name, llm, budget=None, task="navigate", **options):
-    data = tasks.load_task_data(task)
-    return get_optimizer(name)(**{**FAST, **options}).optimize(
-        data, tiny_local_model(), budget or Budget(None), random.Random(0), Checkpoint(None), seed=0, optimizer_model=llm
-    )
+    return optimize(name, options, optimizer_model=llm, budget=budget, task=task)
 
 
 def test_parsing_copes_with_small_model_output():
@@ -73,9 +68,9 @@ def test_protegi_keeps_a_beam_of_the_configured_width(monkeypatch):
     llm = ScriptedLLM()
     result = _run("protegi", llm, rounds=3, beam_size=3, minibatch=8, gradient_groups=2, bandit_rounds=3,
                   arms_per_round=4, samples_per_pull=4)
-    for record in result["trajectory"]:
-        assert len(record["beam"]) == 3
-        assert record["pool"] > 3
+    for record in result["trajectory"][1:]:
+        assert len(record["details"]["beam"]) == 3
+        assert record["details"]["pool"] > 3
     assert any("The problem with the instruction is" in m for m in llm.messages)
     assert any("wrong" in m and "## Example 1" in m for m in llm.messages)
 
@@ -121,7 +116,7 @@ def test_gpo_meta_prompts_carry_the_scheduled_cap_and_retrieval(scored_by_length
     caps = [int(re.search(r"change up to (\d+) words", m).group(1)) for m in llm.messages[::2]]
     assert caps == [word_cap(t, total, 50, 10) for t in range(1, total + 1)]
     assert all(m.count("Prompt: ") <= 3 for m in llm.messages)
-    assert [r["word_cap"] for r in result["trajectory"][1:]] == caps
+    assert [r["details"]["word_cap"] for r in result["trajectory"][1:]] == caps
     prompts = [r["prompt"] for r in result["trajectory"]]
     assert len(set(prompts)) == len(prompts), "GPO always moves to a prompt not chosen before"
 
@@ -145,14 +140,14 @@ def test_ape_resampling_asks_for_variations(scored_by_length):
     result = _run("ape", llm, proposal_requests=1, proposals_per_request=4, rescore_top=2, resample_rounds=2,
                   resample_top=2, variations=2)
     assert sum("variation of the following instruction" in m for m in llm.messages) == 2 * 2 * 2
-    assert len(result["trajectory"]) == 3 + 2
+    assert len(result["trajectory"]) == 1 + 3 + 2  # the initial prompt, three stages, two resampling rounds
 
 
 def test_rejected_outputs_are_still_charged(scored_by_length):
     llm = ScriptedLLM(lambda message, n: "" if n % 2 else "<INS>Work it out.</INS>")
     result = _run("opro", llm, steps=2, samples_per_step=4)
     assert result["budget"]["optimizer_calls"] == 8
-    assert result["trajectory"][-1]["rejected_so_far"] >= 4
+    assert result["trajectory"][-1]["details"]["rejected_so_far"] >= 4
 
 
 def test_many_prompts_are_scored_in_one_batched_call():
@@ -169,3 +164,44 @@ def test_many_prompts_are_scored_in_one_batched_call():
     assert first.accuracy == sum(first.correct) / 2 and second.accuracy == sum(second.correct) / 3
     with pytest.raises(ValueError, match="at least one example"):
         harness.evaluate_many([("Be brief.", [])])
+
+
+def test_ucb_allocation_follows_the_reference_formula():
+    """ProTeGi's bandit as LMOps' UCBBandits.choose: counts in samples, t = the bandit round."""
+    import math
+    import random
+
+    totals, counts = [24.0, 8.0, 30.0, 0.0], [32.0, 32.0, 64.0, 0.0]
+    means = [0.75, 0.25, 30 / 64, 0.0]
+    for t in (2, 5):
+        bound = [m + 1.0 * math.sqrt(math.log(t) / (c + 1e-3)) for m, c in zip(means, counts)]
+        expected = sorted(range(4), key=lambda i: -bound[i])[:2]
+        assert ucb_choose(totals, counts, 2, t, 1.0, random.Random(0)) == expected
+    assert ucb_choose(totals, counts, 2, 5, 1.0, random.Random(0)) == [3, 0]  # the unpulled arm explores first
+    assert ucb_choose(totals, counts, 2, 1, 1.0, random.Random(0)) == [0, 2]  # ln 1 = 0: greedy on the means
+    assert sorted(ucb_choose([0.0] * 4, [0.0] * 4, 4, 0, 1.0, random.Random(0))) == [0, 1, 2, 3]  # random at first
+    e_bound = [m + 2.0 * math.sqrt(2.0 / (c + 1e-3)) for m, c in zip(means, counts)]
+    assert ucb_choose(totals, counts, 3, 7, 2.0, random.Random(0), mode="ucb-e") == sorted(
+        range(4), key=lambda i: -e_bound[i])[:3]
+
+
+def test_identical_requests_in_one_batch_get_independent_samples():
+    """Two equal meta-prompts in one call are two samples, not one cached completion charged twice."""
+    from model_engine import GenerationCache
+    from optimizers.optimizer_llm import OptimizerLLM
+
+    model = tiny_local_model(cache=GenerationCache(":memory:"))
+    budget = Budget(None)
+    llm = OptimizerLLM(model, budget, seed=0)
+    first, second = llm.sample_many(["Write an instruction.", "Write an instruction."], 1, 1.0, 12)
+    assert budget.optimizer_calls == 2 and model.meter.total.calls == 2
+    assert first != second
+
+
+def test_a_local_registry_model_can_write_the_prompts(scored_by_length):
+    """The optimizer LLM can be another local model than the task model; the result names it."""
+    writer = tiny_local_model(seed=1)
+    result = optimize("opro", {"steps": 1, "samples_per_step": 2}, optimizer_model=writer)
+    assert result["optimizer_llm"]["name"] == writer.spec.name != result["model"]
+    assert writer.meter.total.calls == 2
+    assert optimize("greater", {"n_train": 2, "steps": 1, "topk": 4}, optimizer_model=writer)["optimizer_llm"] is None

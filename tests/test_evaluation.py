@@ -10,7 +10,7 @@ import pytest
 import tasks
 from evaluation.lmeval import PromptCell, evaluate_cells
 from evaluation.lmeval_filters import answer_after_extractor, answer_in_reasoning
-from evaluation.report import build_report, trajectory_accuracy
+from evaluation.report import build_report
 from tasks.heldout import load_test_examples
 from tests.conftest import tiny_local_model
 
@@ -93,11 +93,13 @@ def test_report_tables_and_plots_hold_every_method(tmp_path):
     evals, prompts = [], []
     for task in ("navigate", "snarks", "gsm8k"):
         for method_index, method in enumerate(methods):
-            trajectory = [{"step": s, "prompt": "p", "task_calls": 10 * s, "train_error": 0.5 - 0.1 * s} for s in range(3)]
+            trajectory = [{"step": s, "prompt": "p", "task_calls": 10 * s, "optimizer_calls": s, "score": 0.5 + 0.1 * s,
+                           "split": "train" if s < 2 else "dev"} for s in range(3)]
             prompts.append(_write(tmp_path / "prompts" / task / "small" / f"{method}.json", {
                 "optimizer": method, "task": task, "model": "small", "prompt": "p", "trajectory": trajectory,
-                "budget": {"task_calls": 20, "optimizer_calls": 3, "task_model": {"prompt_tokens": 5, "completion_tokens": 5},
-                           "seconds": {"total": 2.0}},
+                "stopped": {"reason": "task_calls", "task_calls": 20, "optimizer_calls": 3},
+                "budget": {"task_calls": 20, "max_task_calls": 25, "optimizer_calls": 3,
+                           "task_model": {"prompt_tokens": 5, "completion_tokens": 5}, "seconds": {"total": 2.0}},
                 "provenance": {"seed": 0, "model": {"name": "small", "checksum": "x"}, "environment": {}}}))
             for target in ("small", "big"):
                 evals.append(_write(tmp_path / "eval" / task / "small" / method / f"{target}.json", {
@@ -113,16 +115,11 @@ def test_report_tables_and_plots_hold_every_method(tmp_path):
     assert set(main.index) == set(methods)
     assert list(main.columns) == ["small / GSM8K", "small / BBH average"]
     assert main.loc["opro", "small / BBH average"] == pytest.approx(30.0)
+    budget = pd.read_csv(tmp_path / "tables" / "budget.csv", index_col=[0, 1])
+    assert budget.loc[("opro", "small"), "spent %"] == pytest.approx(80.0)
+    assert budget.loc[("opro", "small"), "stopped"] == "task_calls"
     transfer = pd.read_csv(tmp_path / "tables" / "transfer.csv", index_col=[0, 1])
     assert list(transfer.columns) == ["big", "small"]
-
-
-def test_trajectory_accuracy_reads_each_methods_score():
-    assert trajectory_accuracy({"train_error": 0.25}) == 0.75
-    assert trajectory_accuracy({"train_accuracy": 0.4}) == 0.4
-    assert trajectory_accuracy({"score": 0.3}) == 0.3
-    assert trajectory_accuracy({"prompt": "a", "train_estimates": {"a": 0.6}}) == 0.6
-    assert trajectory_accuracy({"prompt": "a"}) is None
 
 
 def test_scoring_counts_correct_answers(tmp_path):

@@ -13,17 +13,27 @@ import pytest
 import torch
 
 import tasks
-from optimizers.base import Budget, Checkpoint, OptionError, get_optimizer, validate_result
-from optimizers.greater import GreaterOptions, GreaterRun, Scored, allowed_token_mask, propose_candidates
-from tests.conftest import build_tiny_tokenizer, tiny_gemma3_local_model, tiny_local_model
+from optimizers.base import Budget, Checkpoint, OptionError, get_optimizer, optimizer_names, validate_result
+from optimizers.contract import RunContext, Terms
+from optimizers.greater_gradient import GradientSearch, Scored, allowed_token_mask, propose_candidates
+from optimizers.run import Run
+from tests.conftest import build_tiny_tokenizer, optimize, tiny_gemma3_local_model, tiny_local_model
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = dict(n_train=3, steps=2, max_reasoning_tokens=5, final_candidates=2, n_dev=2, topk=5, grad_batch_size=2)
+SMALL = dict(n_train=3, steps=2, final_candidates=2, topk=5, grad_batch_size=2)
+TERMS = {"max_reasoning_tokens": 5, "n_dev": 2}
+INITIAL = Terms().initial_prompt
 
 
 def _run(model, **options):
-    data = tasks.load_task_data("navigate")
-    return GreaterRun(GreaterOptions(**{**SMALL, **options}), data, model, Budget(None), random.Random(0), Checkpoint(None), 0)
+    optimizer = get_optimizer("greater")(**{**SMALL, **options})
+    context = RunContext(data=tasks.load_task_data("navigate"), task_model=model, budget=Budget(None), terms=Terms(**TERMS))
+    return GradientSearch(optimizer.options, Run(optimizer, context))
+
+
+def _greater(model=None, budget=None, seed=0, checkpoint=None, **options):
+    return optimize("greater", {**SMALL, **options}, model=model, budget=budget, seed=seed, checkpoint=checkpoint,
+                    terms=TERMS)
 
 
 def _tiny_gemma():
@@ -55,7 +65,7 @@ def _explicit_one_hot_gradient(run, prompt, pos, candidates, reasoning, embeddin
 def test_embedding_row_gradient_equals_one_hot_gradient(kind):
     model = tiny_local_model() if kind == "llama" else _tiny_gemma()
     run = _run(model)
-    prompt, pos = run._segment(run.o.initial_prompt), 2
+    prompt, pos = run._segment(INITIAL), 2
     reasoning = run.rollouts([prompt])[0]
     allowed = torch.nonzero(run.allowed).flatten().tolist()
     candidates = sorted({prompt[pos], *allowed[:7]})
@@ -105,24 +115,21 @@ def test_proposal_intersection_logic():
 
 
 def test_bad_options_fail_before_any_model_is_loaded():
-    with pytest.raises(OptionError, match="Unknown option.*topkk.*known options"):
+    with pytest.raises(OptionError, match="topkk: Extra inputs are not permitted.*known options"):
         get_optimizer("greater")(topkk=3)
-    with pytest.raises(OptionError, match="n_train must be a positive integer"):
+    with pytest.raises(OptionError, match="n_train: Input should be greater than or equal to 1"):
         get_optimizer("greater")(n_train=0)
-    with pytest.raises(OptionError, match="accept must be one of always, improvement"):
+    with pytest.raises(OptionError, match="accept: Input should be 'always' or 'improvement'"):
         get_optimizer("greater")(accept="sometimes")
 
 
 def test_short_run_budget_adds_up_and_matches_schema():
-    model = tiny_local_model()
-    optimizer = get_optimizer("greater")(**SMALL)
-    data = tasks.load_task_data("navigate")
-    result = optimizer.optimize(data, model, Budget(None), random.Random(0), Checkpoint(None))
+    result = _greater()
     validate_result(result)
-    n_train, n_dev = SMALL["n_train"], SMALL["n_dev"]
+    n_train, n_dev = SMALL["n_train"], TERMS["n_dev"]
     trajectory = result["trajectory"]
     assert [r["step"] for r in trajectory] == [0, 1, 2]
-    evaluated_prompts = {tuple(r["prompt_ids"]) for r in trajectory}
+    evaluated_prompts = {tuple(r["details"]["prompt_ids"]) for r in trajectory}
     assert result["budget"]["task_calls"] >= n_train * len(evaluated_prompts)
     train_calls = trajectory[-1]["task_calls"]
     dev_calls = n_dev * len(result["selection"]["candidates"])
@@ -132,13 +139,8 @@ def test_short_run_budget_adds_up_and_matches_schema():
 
 
 def test_budget_stops_the_run_and_is_never_exceeded():
-    model = tiny_local_model()
-    options = {**SMALL, "steps": 50}
-    budget = Budget(max_task_calls=30)
-    result = get_optimizer("greater")(**options).optimize(
-        tasks.load_task_data("navigate"), model, budget, random.Random(0), Checkpoint(None)
-    )
-    assert result["stopped"] == "budget"
+    result = _greater(budget=Budget(max_task_calls=30), steps=50)
+    assert result["stopped"]["reason"] == "task_calls"
     assert result["budget"]["task_calls"] <= 30
     assert len(result["trajectory"]) < 50
 
@@ -146,9 +148,7 @@ def test_budget_stops_the_run_and_is_never_exceeded():
 def test_same_seed_same_prompt():
     results = []
     for _ in range(2):
-        result = get_optimizer("greater")(**SMALL).optimize(
-            tasks.load_task_data("navigate"), tiny_local_model(), Budget(None), random.Random(5), Checkpoint(None)
-        )
+        result = _greater(seed=5)
         results.append((result["prompt"], [r["prompt"] for r in result["trajectory"]]))
     assert results[0] == results[1]
 
@@ -161,14 +161,14 @@ def _spawn(tmp_path, name, optimizer="greater"):
     return process, paths
 
 
-@pytest.mark.parametrize("optimizer", ["greater", "ape", "opro", "protegi", "gpo"])
+@pytest.mark.parametrize("optimizer", [n for n in optimizer_names() if not get_optimizer(n).fixed])
 def test_killed_run_resumes_and_ends_with_the_same_prompt(tmp_path, optimizer):
     straight, (_, _, straight_out) = _spawn(tmp_path, "straight", optimizer)
     assert straight.wait(timeout=600) == 0, straight.stdout.read()
     killed, (checkpoint, _, killed_out) = _spawn(tmp_path, "killed", optimizer)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        if Path(checkpoint).is_file() and json.loads(Path(checkpoint).read_text())["state"]["step"] >= 1:
+        if Path(checkpoint).is_file() and json.loads(Path(checkpoint).read_text())["run"]["step"] >= 1:
             break
         assert killed.poll() is None, killed.stdout.read()
         time.sleep(0.05)
@@ -178,7 +178,7 @@ def test_killed_run_resumes_and_ends_with_the_same_prompt(tmp_path, optimizer):
     resumed, _ = _spawn(tmp_path, "killed", optimizer)
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
-    assert "resuming from step" in output
+    assert "resuming after step" in output
     a, b = json.loads(Path(straight_out).read_text()), json.loads(Path(killed_out).read_text())
     assert b["prompt"] == a["prompt"]
     assert [r["prompt"] for r in b["trajectory"]] == [r["prompt"] for r in a["trajectory"]]
@@ -188,23 +188,18 @@ def test_killed_run_resumes_and_ends_with_the_same_prompt(tmp_path, optimizer):
 
 def test_checkpoint_with_other_options_is_refused(tmp_path):
     checkpoint = Checkpoint(tmp_path / "c.json")
-    data = tasks.load_task_data("navigate")
-    get_optimizer("greater")(**SMALL).optimize(data, tiny_local_model(), Budget(None), random.Random(0), checkpoint)
-    with pytest.raises(OptionError, match="written with other options"):
-        get_optimizer("greater")(**{**SMALL, "topk": 6}).optimize(data, tiny_local_model(), Budget(None), random.Random(0), checkpoint)
+    _greater(checkpoint=checkpoint)
+    with pytest.raises(OptionError, match="belongs to a run with other options"):
+        _greater(checkpoint=checkpoint, topk=6)
+    with pytest.raises(OptionError, match="belongs to a run with other max_task_calls, seed"):
+        _greater(checkpoint=checkpoint, seed=3, budget=Budget(500))
 
 
 def test_prefix_cache_changes_speed_not_results():
-    data = tasks.load_task_data("navigate")
-    runs = []
-    for reuse in (True, False):
-        result = get_optimizer("greater")(**SMALL, reuse_prefix_cache=reuse).optimize(
-            data, tiny_local_model(), Budget(None), random.Random(0), Checkpoint(None)
-        )
-        runs.append(result)
+    runs = [_greater(reuse_prefix_cache=reuse) for reuse in (True, False)]
     with_cache, without = runs
     assert [r["prompt"] for r in with_cache["trajectory"]] == [r["prompt"] for r in without["trajectory"]]
     for a, b in zip(with_cache["trajectory"], without["trajectory"]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["details"]["loss"] == pytest.approx(b["details"]["loss"], rel=1e-4)
     assert with_cache["budget"]["task_calls"] == without["budget"]["task_calls"]
     assert with_cache["budget"]["forward_tokens"] < without["budget"]["forward_tokens"]

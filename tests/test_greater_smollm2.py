@@ -1,16 +1,15 @@
 """Integration: a short real GReaTer run on the offline SmolLM2."""
 
-import random
-
 import pytest
 
-import tasks
-from optimizers.base import Budget, Checkpoint, get_optimizer, validate_result
-from optimizers.greater import allowed_token_mask
+from optimizers.base import Checkpoint, validate_result
+from optimizers.greater_gradient import allowed_token_mask
+from tests.conftest import optimize
 
 pytestmark = pytest.mark.integration
 
-OPTIONS = dict(n_train=4, steps=3, max_reasoning_tokens=48, final_candidates=2, n_dev=4)
+OPTIONS = dict(n_train=4, steps=3, final_candidates=2)
+TERMS = {"max_reasoning_tokens": 48, "n_dev": 4}
 
 
 def test_real_vocabulary_filter_excludes_chat_markers(smollm2):
@@ -22,17 +21,15 @@ def test_real_vocabulary_filter_excludes_chat_markers(smollm2):
 
 
 def test_short_run_changes_the_prompt_and_its_budget_adds_up(smollm2, tmp_path):
-    result = get_optimizer("greater")(**OPTIONS).optimize(
-        tasks.load_task_data("navigate"), smollm2, Budget(None), random.Random(0), Checkpoint(tmp_path / "c.json")
-    )
+    result = optimize("greater", OPTIONS, model=smollm2, checkpoint=Checkpoint(tmp_path / "c.json"), terms=TERMS)
     validate_result(result)
     trajectory = result["trajectory"]
     assert len(trajectory) == 1 + OPTIONS["steps"]
     assert trajectory[-1]["prompt"] != trajectory[0]["prompt"] == result["initial_prompt"]
     budget = result["budget"]
     # Initial rollouts, then per step the evaluated candidates (new prompts only), then dev selection.
-    new_prompts = {tuple(trajectory[0]["prompt_ids"])}
-    assert budget["task_calls"] == trajectory[-1]["task_calls"] + OPTIONS["n_dev"] * len(result["selection"]["candidates"])
+    new_prompts = {tuple(trajectory[0]["details"]["prompt_ids"])}
+    assert budget["task_calls"] == trajectory[-1]["task_calls"] + TERMS["n_dev"] * len(result["selection"]["candidates"])
     assert trajectory[-1]["task_calls"] >= OPTIONS["n_train"] * len(new_prompts)
     assert budget["backward_passes"] == OPTIONS["n_train"] * OPTIONS["steps"]
     assert budget["task_model"]["completion_tokens"] > 0 and budget["forward_tokens"] > budget["backward_tokens"] > 0

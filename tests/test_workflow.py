@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -31,7 +32,7 @@ def test_paper_config_plans_the_whole_grid():
     result = _dry_run("--configfile", "config/paper.yaml")
     assert result.returncode == 0
     assert re.search(r"write_splits\s+23\b", result.output), result.output  # 21 BBH tasks + GSM8K + FOLIO
-    assert re.search(r"optimize\s+276\b", result.output)  # 23 tasks x 2 models x 6 methods
+    assert re.search(r"optimize\s+322\b", result.output)  # 23 tasks x 2 models x 7 methods
     assert re.search(r"evaluate\s+46\b", result.output)  # 23 tasks x 2 target models
 
 
@@ -62,7 +63,82 @@ def test_unknown_optimizer_and_bad_option_are_named(tmp_path):
     result = _bad_config(tmp_path, "tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {gretaer: {}}\n")
     assert result.returncode != 0 and "Unknown optimizer 'gretaer'. Did you mean 'greater'" in result.output
     result = _bad_config(tmp_path, "tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {opro: {stepz: 3}}\n")
-    assert result.returncode != 0 and "Unknown option(s) stepz for opro" in result.output
+    assert result.returncode != 0 and "optimizers.opro: Additional properties are not allowed ('stepz'" in result.output
+
+
+BASE = "tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {zero_shot_cot: {}}\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optimizers: {greater: {n_train: 0}}", "optimizers.greater.n_train: 0 is less than the minimum of 1"),
+    ("optimizers: {protegi: {selection: best}}", "optimizers.protegi.selection: 'best' is not one of"),
+    ("optimizers: {gpo: {epochs: two}}", "optimizers.gpo.epochs: 'two' is not of type 'integer'"),
+    ("terms: {n_dev: -3}", "terms.n_dev: -3 is not valid under any of the given schemas"),
+    ("terms: {initial_prompt: ''}", "terms.initial_prompt: '' should be non-empty"),
+    ("budget: {families: {bbhh: {max_task_calls: 5}}}", "budget.families: 'bbhh' is not one of ['bbh', 'folio', 'gsm8k']"),
+    ("budget: {tasks: {navigate: {max_task_calls: -1}}}", "budget.tasks.navigate.max_task_calls: -1 is less than"),
+    ("optimizer_llm: {model: gpt-9}", "Unknown model 'gpt-9'"),
+])
+def test_bad_values_are_named_by_their_json_path(tmp_path, text, message):
+    config = yaml.safe_load(BASE) | yaml.safe_load(text)
+    result = _bad_config(tmp_path, yaml.safe_dump(config))
+    assert result.returncode != 0 and message in result.output, result.output[-1500:]
+
+
+def test_config_validation_never_imports_torch():
+    """Planning needs no ML stack: the optimizer registry reads source files and imports option models only."""
+    code = ("import sys, yaml, suite_config\n"
+            "config = yaml.safe_load(open('config/paper.yaml'))\n"
+            "suite_config.validate_config(config)\n"
+            "assert config['optimizers']['greater']['n_train'] == 50\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_budgets_resolve_per_task_then_family_then_globally():
+    import suite_config
+
+    config = {"budget": {"max_task_calls": 100, "max_optimizer_calls": 9, "families": {"gsm8k": {"max_task_calls": 200}},
+                         "tasks": {"navigate": {"max_task_calls": 50}}}}
+    assert suite_config.budget_for(config, "gsm8k") == {"max_task_calls": 200, "max_optimizer_calls": 9}
+    assert suite_config.budget_for(config, "navigate") == {"max_task_calls": 50, "max_optimizer_calls": 9}
+    assert suite_config.budget_for(config, "snarks") == {"max_task_calls": 100, "max_optimizer_calls": 9}
+
+
+def test_shared_terms_and_budgets_reach_every_optimize_job(tmp_path):
+    config = yaml.safe_load(BASE) | {
+        "tasks": ["navigate", "gsm8k"], "optimizers": {"opro": {}, "greater": {}},
+        "terms": {"initial_prompt": "Go.", "max_reasoning_tokens": 77, "n_dev": 5},
+        "budget": {"max_task_calls": 100, "families": {"gsm8k": {"max_task_calls": 300}}},
+        "optimizer_llm": {"model": "qwen2.5-coder-0.5b"}}
+    path = tmp_path / "terms.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _dry_run("--configfile", str(path), "--printshellcmds")
+    assert result.returncode == 0, result.output[-2000:]
+    commands = [line for line in result.output.splitlines() if "suite_cli optimize" in line]
+    assert len(commands) == 4
+    for command in commands:
+        assert '"initial_prompt": "Go."' in command and '"max_reasoning_tokens": 77' in command
+        assert ("--max-task-calls 300" in command) == (" gsm8k " in command)
+        assert ("--optimizer-model qwen2.5-coder-0.5b" in command) == (" opro " in command)
+    evaluate = next(line for line in result.output.splitlines() if "suite_cli evaluate" in line)
+    assert "--max-reasoning-tokens 77" in evaluate
+    assert re.search(r"prepare_model\s+2\b", result.output)  # the optimizer LLM is prepared too
+
+
+def test_an_external_method_needs_only_its_rules_file_and_a_config_entry(tmp_path):
+    rules = tmp_path / "mine.smk"
+    rules.write_text('rule mine:\n    output:\n        "results/prompts/{task}/{model}/mine.json",\n'
+                     '    shell:\n        "echo {config[external_methods][mine][greeting]} > {output}"\n')
+    config = yaml.safe_load(BASE) | {"external_methods": {"mine": {"rules": str(rules), "greeting": "hi"}}}
+    path = tmp_path / "external.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _dry_run("--configfile", str(path))
+    assert result.returncode == 0, result.output[-2000:]
+    assert re.search(r"\bmine\s+1\b", result.output)
+    assert "results/eval/navigate/smollm2-135m/mine/smollm2-135m.json" in result.output
 
 
 def test_a_given_config_is_not_merged_with_the_default(tmp_path):
@@ -90,7 +166,7 @@ def test_endpoint_targets_are_evaluated_through_the_endpoint_backend(tmp_path):
 def test_endpoint_label_may_not_shadow_a_local_model(tmp_path):
     result = _bad_config(tmp_path, "tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {zero_shot_cot: {}}\n"
                                    "endpoint_targets: {smollm2-135m: {base_url: 'http://x/v1', model: m}}\n")
-    assert result.returncode != 0 and "label 'smollm2-135m' is also a local model" in result.output
+    assert result.returncode != 0 and "endpoint_targets.smollm2-135m: the label is also a local model" in result.output
 
 
 def test_lint_is_clean():

@@ -23,14 +23,16 @@ def _config(tmp_path: Path) -> Path:
         "tasks": ["navigate"],
         "models": ["smollm2-135m"],
         "cache_dir": str(tmp_path / ".cache"),
+        "terms": {"max_reasoning_tokens": 16, "n_dev": 4},
         "budget": {"max_task_calls": 72},
         "optimizers": {
             "zero_shot_cot": {},
-            "greater": {"n_train": 4, "steps": 1000, "max_reasoning_tokens": 16, "final_candidates": 1, "n_dev": 4},
+            "greater": {"n_train": 4, "steps": 1000, "final_candidates": 1},
         },
-        "manual": {"prompts": str(ROOT / "config" / "prompts" / "manual.yaml")},
+        "external_methods": {"manual": {"rules": "workflow/rules/manual.smk",
+                                        "prompts": str(ROOT / "config" / "prompts" / "manual.yaml")}},
         "runtime": {"threads": 2, "batch_size": 16},
-        "evaluation": {"limit": 2, "max_reasoning_tokens": 8, "batch_size": 4},
+        "evaluation": {"limit": 2, "batch_size": 4},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.dump(config))
@@ -73,7 +75,7 @@ def test_killed_workflow_restarts_without_redoing_finished_jobs(tmp_path):
     after = _finished_outputs(tmp_path)
     assert {path: after[path] for path in finished} == finished, "a finished job was redone"
     greater_log = (tmp_path / "logs/optimize/navigate/smollm2-135m/greater.log").read_text()
-    assert "[greater] resuming from step" in greater_log
+    assert "[greater] resuming after step" in greater_log
     assert not (tmp_path / CHECKPOINT).exists()  # removed once the result is written
     table = (tmp_path / "results/tables/main.csv").read_text()
     for method in ("zero_shot_cot", "greater", "manual"):

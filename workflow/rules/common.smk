@@ -1,51 +1,38 @@
 # Config validation, target lists and input functions. Validation runs before the DAG is
-# built, so a bad config fails in a dry run with a message naming the key or the name.
+# built (suite_config: the schema with every optimizer's generated options schema), so a
+# bad config fails in a dry run with a message naming the JSON path, and without torch.
 import json
 import shlex
 
-from snakemake.utils import validate
-
-import tasks as task_registry
-from model_engine.registry import get_model_spec
+import suite_config
 from optimizers.base import get_optimizer
 from suite_errors import SuiteError
 
 
-validate(config, schema="../schemas/config.schema.yaml")
-
-
-def _check_names():
-    try:
-        for name in config["tasks"]:
-            task_registry.get_task(name)
-        for name in config["models"] + config.get("transfer_targets", []):
-            get_model_spec(name)
-        for label in config.get("endpoint_targets", {}):
-            if label in config["models"] + config.get("transfer_targets", []):
-                raise SuiteError(f"endpoint_targets: label {label!r} is also a local model; pick another label")
-        for name, options in config["optimizers"].items():
-            get_optimizer(name)(**options)  # unknown optimizers and bad options fail here
-    except SuiteError as error:
-        raise WorkflowError(f"config: {error}")
-
-
-_check_names()
+try:
+    suite_config.validate_config(config)
+except SuiteError as error:
+    raise WorkflowError(f"config: {error}")
 
 TASKS = config["tasks"]
 MODELS = config["models"]
 ENDPOINT_TARGETS = config.get("endpoint_targets", {})
 TARGETS = list(dict.fromkeys(MODELS + config.get("transfer_targets", []) + list(ENDPOINT_TARGETS)))
 OPTIMIZERS = list(config["optimizers"])
-# External methods (rules of their own) appear everywhere the optimizers do.
-METHODS = OPTIMIZERS + (["manual"] if config.get("manual") else [])
+# External methods (rules of their own, declared in the config) appear everywhere the optimizers do.
+EXTERNAL_METHODS = config["external_methods"]
+METHODS = OPTIMIZERS + list(EXTERNAL_METHODS)
 RUNTIME = {"dtype": "float32", "device": "cpu", "threads": 2, "batch_size": 64, **config.get("runtime", {})}
-EVALUATION = {"backend": "hf", "limit": None, "max_reasoning_tokens": 512, "batch_size": 16, **config.get("evaluation", {})}
-BUDGET = {"max_task_calls": None, "max_optimizer_calls": None, **config.get("budget", {})}
+EVALUATION = {"backend": "hf", "limit": None, "batch_size": 16, **config.get("evaluation", {})}
+TERMS = config["terms"]
+OPTIMIZER_LLM = config.get("optimizer_llm")
+# Every model a job loads: the task models, the transfer targets and a local optimizer LLM.
+LOCAL_MODELS = list(dict.fromkeys(TARGETS + ([OPTIMIZER_LLM["model"]] if OPTIMIZER_LLM and "base_url" not in OPTIMIZER_LLM else [])))
 
 
 wildcard_constraints:
     task="|".join(TASKS),
-    model="|".join(TARGETS),
+    model="|".join(LOCAL_MODELS),
     target="|".join(TARGETS),
     optimizer="|".join(OPTIMIZERS),
 
@@ -54,24 +41,38 @@ def data_root_option():
     return f"--data-root {shlex.quote(config['data_root'])}" if config.get("data_root") else ""
 
 
+def optimize_inputs(wildcards):
+    """The split, the task model and, for text methods with a local optimizer LLM, that model."""
+    inputs = {"split": f"results/splits/{wildcards.task}.json", "model": f"results/models/{wildcards.model}.json"}
+    writer = suite_config.optimizer_model_name(config, wildcards.model)
+    if get_optimizer(wildcards.optimizer).uses_optimizer_llm and writer not in (None, wildcards.model):
+        inputs["optimizer_model"] = f"results/models/{writer}.json"
+    return inputs
+
+
 def optimize_arguments(wildcards):
     """Everything `prompt-suite optimize` needs from the config, shell-quoted."""
     args = [
         "--options", shlex.quote(json.dumps(config["optimizers"][wildcards.optimizer])),
+        "--terms", shlex.quote(json.dumps(TERMS)),
         "--seed", str(config.get("seed", 0)),
         "--cache-dir", shlex.quote(config["cache_dir"]),
         "--dtype", RUNTIME["dtype"], "--device", RUNTIME["device"],
         "--threads", str(RUNTIME["threads"]), "--batch-size", str(RUNTIME["batch_size"]),
     ]
-    for key in ("max_task_calls", "max_optimizer_calls"):
-        if BUDGET[key] is not None:
-            args += [f"--{key.replace('_', '-')}", str(BUDGET[key])]
-    endpoint = config.get("optimizer_llm")
-    if endpoint:
-        args += ["--optimizer-endpoint", shlex.quote(endpoint["base_url"]),
-                 "--optimizer-endpoint-model", shlex.quote(endpoint["model"])]
-        if endpoint.get("api_key_env"):
-            args += ["--optimizer-api-key-env", endpoint["api_key_env"]]
+    for key, value in suite_config.budget_for(config, wildcards.task).items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    if not get_optimizer(wildcards.optimizer).uses_optimizer_llm:
+        pass  # GReaTer and fixed prompts never load or call an optimizer LLM
+    elif OPTIMIZER_LLM and "base_url" in OPTIMIZER_LLM:
+        args += ["--optimizer-endpoint", shlex.quote(OPTIMIZER_LLM["base_url"]),
+                 "--optimizer-endpoint-model", shlex.quote(OPTIMIZER_LLM["model"]),
+                 "--optimizer-endpoint-timeout", str(OPTIMIZER_LLM["timeout_s"])]
+        if OPTIMIZER_LLM.get("api_key_env"):
+            args += ["--optimizer-api-key-env", OPTIMIZER_LLM["api_key_env"]]
+    elif OPTIMIZER_LLM:
+        args += ["--optimizer-model", OPTIMIZER_LLM["model"]]
     return " ".join(args + [data_root_option()])
 
 
@@ -82,7 +83,7 @@ def target_model_record(wildcards):
 
 def evaluate_arguments(wildcards):
     args = ["--cache-dir", shlex.quote(config["cache_dir"]), "--dtype", RUNTIME["dtype"], "--device", RUNTIME["device"],
-            "--batch-size", str(EVALUATION["batch_size"]), "--max-reasoning-tokens", str(EVALUATION["max_reasoning_tokens"])]
+            "--batch-size", str(EVALUATION["batch_size"]), "--max-reasoning-tokens", str(TERMS["max_reasoning_tokens"])]
     endpoint = ENDPOINT_TARGETS.get(wildcards.target)
     if endpoint is None:
         args += ["--backend", EVALUATION["backend"]]

@@ -1,0 +1,115 @@
+"""The run configuration: its JSON schema and its validation, before any model loads.
+
+The schema is ``workflow/schemas/config.schema.yaml`` with generated parts filled in:
+the shared terms (``optimizers.contract.Terms``), every registered optimizer's options
+(its pydantic model) and the task families that budgets may name. Validation fills the
+schema's defaults and reports the first problem with its JSON path, e.g.
+``optimizers.greater.n_train: -1 is less than the minimum of 1``. Nothing here imports
+torch: the optimizer registry reads source files and imports only option models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from suite_errors import SuiteError
+
+SCHEMA_FILE = Path(__file__).parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(SuiteError):
+    """A configuration value that breaks the schema, named by its JSON path."""
+
+
+def config_schema() -> dict:
+    import tasks
+    from optimizers.base import optimizer_names, options_schema
+    from optimizers.contract import Terms
+
+    schema = yaml.safe_load(SCHEMA_FILE.read_text())
+    properties = schema["properties"]
+    properties["terms"] = {**Terms.model_json_schema(), "default": {}}
+    properties["optimizers"]["properties"] = {name: options_schema(name) for name in optimizer_names()}
+    properties["optimizers"]["additionalProperties"] = False
+    families = sorted({tasks.get_task(name).family for name in tasks.task_names()})
+    properties["budget"]["properties"]["families"]["propertyNames"] = {"enum": families}
+    properties["budget"]["properties"]["tasks"]["propertyNames"] = {"enum": tasks.task_names()}
+    return schema
+
+
+def _validator(schema: dict):
+    """A Draft 2020-12 validator that also fills in each object's defaults."""
+    from jsonschema import Draft202012Validator, validators
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = subschema["default"]
+        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})(schema)
+
+
+def _path(error) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict) -> dict:
+    """Check ``config`` in place (names first, then the schema) and fill its defaults."""
+    import tasks
+    from model_engine.registry import get_model_spec
+    from optimizers.base import get_optimizer, optimizer_names
+
+    def names(key) -> list:  # names are checked first (with suggestions) where the key has the right type
+        value = config.get(key)
+        return list(value) if isinstance(value, (list, dict)) else []
+
+    for name in names("tasks"):
+        tasks.get_task(name)
+    for name in names("models") + names("transfer_targets"):
+        get_model_spec(name)
+    for name in names("optimizers"):
+        get_optimizer(name)
+    if config.get("use_test_options") and isinstance(config.get("optimizers"), dict):  # each optimizer's own small options, under the given ones
+        config["optimizers"] = {name: {**get_optimizer(name).test_options, **(options or {})}
+                                for name, options in config["optimizers"].items()}
+    errors = sorted(_validator(config_schema()).iter_errors(config), key=lambda e: (len(e.absolute_path), _path(e)))
+    if errors:
+        error = errors[0]
+        message = error.message if error.validator != "required" else error.message.replace("'", "")
+        if len(message) > 300:  # a oneOf over whole sub-schemas: point at the key, not the schema
+            message = f"{str(error.instance)[:80]!r} does not match any allowed form ({error.schema.get('description', '')})"
+        raise ConfigError(f"{_path(error)}: {message}")
+    llm = config.get("optimizer_llm")
+    if isinstance(llm, dict) and "base_url" not in llm:
+        get_model_spec(llm["model"])
+    local = set(config["models"]) | set(config.get("transfer_targets", []))
+    for label in config.get("endpoint_targets", {}):
+        if label in local:
+            raise ConfigError(f"endpoint_targets.{label}: the label is also a local model; pick another label")
+    for name in config.get("external_methods", {}):
+        if name in optimizer_names():
+            raise ConfigError(f"external_methods.{name}: the name is a registered optimizer; pick another name")
+    return config
+
+
+def budget_for(config: dict, task: str) -> dict:
+    """The caps of one task's runs: the task's own, else its family's, else the global ones."""
+    import tasks
+
+    budget = config.get("budget", {})
+    caps = {key: budget.get(key) for key in ("max_task_calls", "max_optimizer_calls")}
+    caps.update(budget.get("families", {}).get(tasks.get_task(task).family, {}))
+    caps.update(budget.get("tasks", {}).get(task, {}))
+    return caps
+
+
+def optimizer_model_name(config: dict, task_model: str) -> str | None:
+    """The local model that writes prompts for text methods; None for an endpoint."""
+    llm = config.get("optimizer_llm")
+    if llm is None or llm == "task_model":
+        return task_model
+    return None if "base_url" in llm else llm["model"]
