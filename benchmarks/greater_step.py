@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 from pathlib import Path
 
@@ -44,8 +43,9 @@ from benchmarks.engine import (  # noqa: E402
     ragged_bound_tokens_per_s,
 )
 from model_engine.local import load_model  # noqa: E402
-from optimizers.base import Budget, Checkpoint  # noqa: E402
-from optimizers.greater import GreaterOptions, GreaterRun  # noqa: E402
+from optimizers.base import Budget, get_optimizer  # noqa: E402
+from optimizers.contract import RunContext, Terms  # noqa: E402
+from optimizers.run import Run  # noqa: E402
 
 OUTPUT = Path("results/benchmarks/greater_step.json")
 PHASES = ("proposal", "rollouts", "gradient", "evaluation")
@@ -80,13 +80,14 @@ def main() -> None:
     engine_runs = [engine_best_now()]
     print(f"matmul peak ({args.dtype}): {peak:.1f} GFLOP/s")
 
-    options = GreaterOptions(n_train=args.n_train, steps=args.steps, max_reasoning_tokens=args.max_reasoning_tokens)
+    greater = get_optimizer("greater")(n_train=args.n_train, steps=args.steps)
     budget = Budget(None)
-    run = GreaterRun(options, tasks.load_task_data(args.task), model, budget, random.Random(0), Checkpoint(None), 0)
-    prompt = run._segment(options.initial_prompt)
-    initial = run.evaluate([prompt], prompt)[0]  # the first rollouts; not part of a step
-    state = {"prompt": prompt, "pos": 0, "n0": len(prompt), "step": 0, "seen": [initial], "current": initial,
-             "trajectory": []}
+    shared = Run(greater, RunContext(data=tasks.load_task_data(args.task), task_model=model, budget=budget,
+                                     terms=Terms(max_reasoning_tokens=args.max_reasoning_tokens)))
+    greater.prepare(shared)
+    run = greater.search
+    state = greater.start(shared)  # the first rollouts; not part of a step
+    prompt = state["prompt"]
     flops_per_token = 2 * matmul_parameters(model.model)
     recorded: list = []  # the rollout requests of the current step, replayed through the plain engine path
     lengths: list[int] = []  # the rollouts' output lengths, for the ragged bound
@@ -111,7 +112,8 @@ def main() -> None:
         phases_before, budget_before = dict(run.phase_seconds), budget.record()
         meter_before = model.meter.total
         started = time.perf_counter()
-        run._step(state)
+        shared.step_index += 1
+        greater.step(shared, state)
         seconds = time.perf_counter() - started
         phases = {p: run.phase_seconds[p] - phases_before.get(p, 0.0) for p in PHASES}
         phases["other"] = seconds - sum(phases.values())
@@ -134,7 +136,7 @@ def main() -> None:
             "rollout_lengths": sorted(lengths),
             "rollouts_vs_same_requests_plain_engine": rollout_speed / replay_speed if replay_speed else None,
             "mfu": flops / seconds / (peak * 1e9),
-            "other_share": phases["other"] / seconds, "prompt": state["trajectory"][-1]["prompt"],
+            "other_share": phases["other"] / seconds, "prompt": shared.trajectory[-1].prompt,
         })
         s = steps[-1]
         print(f"step {len(steps)}: {seconds:.1f} s | " + ", ".join(f"{p} {v:.1f}" for p, v in phases.items())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 from pathlib import Path
 
@@ -22,23 +21,20 @@ import torch  # noqa: E402
 
 import tasks  # noqa: E402
 from model_engine.local import load_model  # noqa: E402
-from optimizers.base import Budget, Checkpoint, get_optimizer  # noqa: E402
+from optimizers.base import Budget, get_optimizer, optimizer_names  # noqa: E402
+from optimizers.contract import RunContext, Terms  # noqa: E402
 from optimizers.harness import Harness  # noqa: E402
 
 
-def method_options(n_dev: int, reasoning: int, optimizer_tokens: int) -> dict[str, dict]:
-    common = {"n_dev": n_dev, "max_reasoning_tokens": reasoning}
-    text = {**common, "max_tokens": optimizer_tokens}
-    return {
-        "zero_shot_cot": {},
-        "greater": {**common, "n_train": 8, "steps": 1000, "final_candidates": 3},
-        "ape": {**text, "proposal_requests": 2, "proposals_per_request": 6, "screen_examples": 4, "rescore_top": 4,
-                "resample_rounds": 1000, "resample_top": 2, "variations": 2},
-        "opro": {**text, "steps": 1000, "samples_per_step": 4, "final_candidates": 2},
-        "protegi": {**text, "rounds": 1000, "beam_size": 2, "minibatch": 8, "gradient_groups": 2, "samples_per_pull": 4,
-                    "bandit_rounds": 2, "arms_per_round": 4, "paraphrases": 1},
-        "gpo": {**text, "candidates_per_step": 4},
-    }
+def method_options(optimizer_tokens: int) -> dict[str, dict]:
+    """Each method's own small test options, with long schedules: the budget ends every run."""
+    options = {}
+    for name in optimizer_names():
+        optimizer = get_optimizer(name)
+        schedule = {key: 1000 for key in ("steps", "rounds", "epochs", "resample_rounds") if key in optimizer.Options.model_fields}
+        tokens = {"max_tokens": optimizer_tokens} if "max_tokens" in optimizer.Options.model_fields else {}
+        options[name] = {**optimizer.test_options, **schedule, **tokens}
+    return options
 
 
 def main() -> None:
@@ -59,21 +55,22 @@ def main() -> None:
     data = tasks.load_task_data(args.task)
     dev = data.dev[: args.n_dev]
     rows = []
-    for name, options in method_options(args.n_dev, args.reasoning_tokens, args.optimizer_tokens).items():
+    terms = Terms(n_dev=args.n_dev, max_reasoning_tokens=args.reasoning_tokens)
+    for name, options in method_options(args.optimizer_tokens).items():
         if args.methods and name not in args.methods:
             continue
         budget = Budget(args.budget)
         started = time.perf_counter()
-        result = get_optimizer(name)(**options).optimize(data, model, budget, random.Random(args.seed),
-                                                         Checkpoint(None), seed=args.seed)
+        context = RunContext(data=data, task_model=model, budget=budget, terms=terms, seed=args.seed)
+        result = get_optimizer(name)(**options).optimize(context).model_dump(mode="json")
         seconds = time.perf_counter() - started
-        chosen = next((c for c in result.get("selection", {}).get("candidates", []) if c["prompt"] == result["prompt"]), None)
+        chosen = next((c for c in (result["selection"] or {}).get("candidates", []) if c["prompt"] == result["prompt"]), None)
         accuracy = chosen["dev_accuracy"] if chosen and chosen["dev_accuracy"] is not None else None
         if accuracy is None:  # zero-shot CoT spends nothing: score it outside its budget for the table
             accuracy = Harness(data.task, model, Budget(None), args.reasoning_tokens).evaluate(result["prompt"], dev).accuracy
         rows.append({"method": name, "dev_accuracy": accuracy, "task_calls": result["budget"]["task_calls"],
                      "optimizer_calls": result["budget"]["optimizer_calls"], "seconds": seconds,
-                     "stopped": result["stopped"], "prompt": result["prompt"]})
+                     "stopped": result["stopped"]["reason"], "prompt": result["prompt"]})
         print(json.dumps(rows[-1]), flush=True)
     header = f"| method | dev accuracy ({len(dev)} rows) | task calls | optimizer calls | seconds | prompt |"
     lines = [header, "|---|---|---|---|---|---|"] + [

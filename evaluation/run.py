@@ -35,7 +35,7 @@ def read_prompt_file(path: str | Path) -> dict:
         raise SuiteError(f"Cannot read prompt file {path}: {error}") from None
     try:
         validate_result(record)
-    except Exception as error:  # jsonschema's ValidationError: say which file breaks the contract
+    except SuiteError as error:  # say which file breaks the contract
         raise SuiteError(f"Prompt file {path} does not follow the prompt contract: {error}") from None
     return record
 

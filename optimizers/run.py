@@ -181,7 +181,7 @@ class Run:
         candidates = [p for p in dict.fromkeys(ranked) if p and p != self.initial_prompt]
         initial_cost = self.cost(self.initial_prompt, self.dev)
         fitting = self.affordable(candidates, self.dev, reserve=initial_cost)
-        if self.budget.can_afford(self.cost(self.initial_prompt, self.dev) + sum(self.cost(p, self.dev) for p in fitting)):
+        if self.budget.can_afford(initial_cost + sum(self.cost(p, self.dev) for p in fitting)):
             fitting.append(self.initial_prompt)
         scored = [SelectionCandidate(prompt=p, dev_accuracy=e.accuracy, dev_parse_rate=e.parse_rate)
                   for p, e in zip(fitting, self.score_all(fitting, self.dev, "dev"))]
@@ -191,8 +191,9 @@ class Run:
             return best, Selection(n=0, rule="no budget left for dev: the method's own best, unscored",
                                    candidates=[SelectionCandidate(prompt=best)])
         best = max(scored, key=lambda c: c.dev_accuracy)  # ties: the earlier, better-ranked prompt
-        rule = (f"best dev accuracy on the first {len(self.dev)} dev rows among the method's {len(fitting) - 1} "
-                "best-ranked prompts and the initial prompt (ties: the better-ranked)")
+        methods_own = len(fitting) - (self.initial_prompt in fitting)
+        rule = (f"best dev accuracy on the first {len(self.dev)} dev rows among the method's {methods_own} best-ranked "
+                f"prompts{' and the initial prompt' if self.initial_prompt in fitting else ''} (ties: the better-ranked)")
         return best.prompt, Selection(n=len(self.dev), rule=rule, candidates=scored)
 
     def _result(self, prompt: str, selection: Selection | None) -> PromptResult:

@@ -172,3 +172,22 @@ def test_endpoint_label_may_not_shadow_a_local_model(tmp_path):
 def test_lint_is_clean():
     result = subprocess.run([SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr
+
+
+def test_paper_budgets_let_greater_make_the_reference_steps():
+    """Every task's budget covers GReaTer's 125 steps, its rollouts and its final choice on dev."""
+    import suite_config
+    import tasks
+
+    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    suite_config.validate_config(config)
+    greater, terms = config["optimizers"]["greater"], config["terms"]
+    assert greater["steps"] == 125 and terms["n_dev"] is None
+    for task in config["tasks"]:
+        n_dev = len(tasks.load_task_data(task).dev)
+        needed = greater["n_train"] * (1 + greater["steps"] * greater["candidates_per_step"]) + (
+            greater["final_candidates"] + 1) * n_dev
+        assert needed <= suite_config.budget_for(config, task)["max_task_calls"], task
+    for name, key in (("opro", "steps"), ("protegi", "rounds"), ("mapo", "rounds"), ("gpo", "epochs"),
+                      ("ape", "resample_rounds")):
+        assert config["optimizers"][name][key] >= 1000, f"{name}: the budget, not {key}, must end the run"
