@@ -61,7 +61,7 @@ class APE(Optimizer):
     Options = APEOptions
     uses_optimizer_llm = True
     test_options = {"proposal_requests": 1, "proposals_per_request": 3, "screen_examples": 2, "rescore_top": 2,
-                    "resample_rounds": 5, "resample_top": 2, "variations": 2}
+                    "resample_rounds": 5, "resample_top": 2, "variations": 2, "max_tokens": 32}
 
     def schedule(self, run) -> int:
         return 3 + self.options.resample_rounds

@@ -92,7 +92,7 @@ def meta_prompt(shown: list[dict], current: str, exemplars, words: int) -> str:
 class GPO(Optimizer):
     Options = GPOOptions
     uses_optimizer_llm = True
-    test_options = {"epochs": 2, "batch_size": 25, "candidates_per_step": 2}
+    test_options = {"epochs": 2, "batch_size": 25, "candidates_per_step": 2, "max_tokens": 48}
 
     def schedule(self, run) -> int:
         return self.options.epochs * steps_per_epoch(len(run.train), self.options.batch_size)

@@ -81,7 +81,7 @@ def rewrite_meta_prompt(prompt: str, correct, gradients: list[str], memory: list
 class MAPO(ProTeGi):
     Options = MAPOOptions
     test_options = {"rounds": 2, "beam_size": 2, "minibatch": 4, "gradient_groups": 1, "bandit_rounds": 2,
-                    "arms_per_round": 2, "samples_per_pull": 2}
+                    "arms_per_round": 2, "samples_per_pull": 2, "max_tokens": 48}
 
     def start(self, run) -> dict:
         return {"beam": [run.initial_prompt], "means": {}, "rejected": 0, "memory": [], "feedback": {}}

@@ -57,7 +57,7 @@ def meta_prompt(shown: list[dict], exemplars) -> str:
 class OPRO(Optimizer):
     Options = OPROOptions
     uses_optimizer_llm = True
-    test_options = {"steps": 3, "samples_per_step": 2, "n_train": 8, "final_candidates": 2}
+    test_options = {"steps": 3, "samples_per_step": 2, "n_train": 8, "final_candidates": 2, "max_tokens": 48}
 
     def _train(self, run):
         return run.train[: self.options.n_train] if self.options.n_train else run.train

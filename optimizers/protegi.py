@@ -99,7 +99,7 @@ class ProTeGi(Optimizer):
     Options = ProTeGiOptions
     uses_optimizer_llm = True
     test_options = {"rounds": 2, "beam_size": 2, "minibatch": 4, "gradient_groups": 1, "bandit_rounds": 2,
-                    "arms_per_round": 2, "samples_per_pull": 2, "paraphrases": 1}
+                    "arms_per_round": 2, "samples_per_pull": 2, "paraphrases": 1, "max_tokens": 48}
 
     def schedule(self, run) -> int:
         return self.options.rounds

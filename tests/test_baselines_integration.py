@@ -15,8 +15,8 @@ TEXT_METHODS = [name for name in optimizer_names() if get_optimizer(name).uses_o
 
 
 def _options(name: str, **more) -> dict:
-    """The method's own test options, with short optimizer-LLM outputs."""
-    return {**get_optimizer(name).test_options, "max_tokens": 48, **more}
+    """The method's own test options (small, with short optimizer-LLM outputs)."""
+    return {**get_optimizer(name).test_options, **more}
 
 
 @pytest.mark.parametrize("name", TEXT_METHODS)
