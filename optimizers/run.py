@@ -112,8 +112,8 @@ class Run:
         """Score the head of ``prompts`` that fits the budget; stop the run if not all of them fit."""
         fitting = self.affordable(prompts, rows)
         if len(fitting) < len(prompts):
-            self.stop("task_calls", f"{len(prompts) - len(fitting)} of {len(prompts)} prompts did not fit "
-                                    f"the budget on {split} ({len(self.dev)} dev rows per final candidate reserved)")
+            self.stop("task_calls", f"{len(prompts) - len(fitting)} of {len(prompts)} prompts did not fit the "
+                                    f"budget on {split} ({self.reserve()} task calls reserved for the final choice)")
         return list(zip(fitting, self.score_all(fitting, rows, split)))
 
     # ---- recording and stopping -------------------------------------------------------------------

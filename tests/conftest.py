@@ -92,6 +92,24 @@ def tiny_gemma3_local_model():
 
 
 @pytest.fixture
+def half_right(monkeypatch):
+    """The harness answers every other row right (charged as usual), so every method finds errors and
+    successes to learn from; longer prompts score higher."""
+    from optimizers.harness import Evaluation, Harness
+
+    def evaluate_many(self, requests):
+        out = []
+        for prompt, rows in requests:
+            self.budget.charge_task_calls(prompt, [e.id for e in rows])
+            correct = tuple(i % 2 == 0 for i in range(len(rows)))
+            out.append(Evaluation(min(1.0, len(prompt) / 100), correct, ("Yes",) * len(rows), 1.0,
+                                  ("I reasoned",) * len(rows)))
+        return out
+
+    monkeypatch.setattr(Harness, "evaluate_many", evaluate_many)
+
+
+@pytest.fixture
 def tiny_model():
     return tiny_local_model()
 

@@ -2,30 +2,11 @@
 
 import re
 
-import pytest
-
-from optimizers.harness import Evaluation, Harness
 from tests.conftest import optimize
 from tests.scripted import ScriptedLLM
 
 OPTIONS = {"rounds": 3, "beam_size": 2, "minibatch": 6, "gradient_groups": 2, "correct_per_group": 2,
            "bandit_rounds": 3, "arms_per_round": 3, "samples_per_pull": 4}
-
-
-@pytest.fixture
-def mixed_answers(monkeypatch):
-    """Rows alternate right and wrong; a prompt's accuracy grows with its length (charged as usual)."""
-
-    def evaluate_many(self, requests):
-        out = []
-        for prompt, rows in requests:
-            self.budget.charge_task_calls(prompt, [e.id for e in rows])
-            correct = tuple(i % 2 == 0 for i in range(len(rows)))
-            out.append(Evaluation(min(1.0, len(prompt) / 100), correct, ("Yes",) * len(rows), 1.0,
-                                  ("I reasoned",) * len(rows)))
-        return out
-
-    monkeypatch.setattr(Harness, "evaluate_many", evaluate_many)
 
 
 def _respond(message: str, n: int) -> str:
@@ -34,7 +15,7 @@ def _respond(message: str, n: int) -> str:
     return f"<START>Reason carefully, then answer; variant {n} keeps the strengths.<END>"
 
 
-def test_positive_gradients_momentum_and_beam(mixed_answers):
+def test_positive_gradients_momentum_and_beam(half_right):
     llm = ScriptedLLM(_respond)
     result = optimize("mapo", OPTIONS, optimizer_model=llm)
     gradient_requests = [m for m in llm.messages if "give 2 reasons why" in m]
@@ -59,7 +40,7 @@ def test_positive_gradients_momentum_and_beam(mixed_answers):
     assert result["deviations"] and result["optimizer_llm"]["name"] == "scripted"
 
 
-def test_momentum_memory_keeps_the_last_gradients(mixed_answers):
+def test_momentum_memory_keeps_the_last_gradients(half_right):
     result = optimize("mapo", {**OPTIONS, "momentum_size": 2}, optimizer_model=ScriptedLLM(_respond))
     memories = [s["details"]["momentum"] for s in result["trajectory"][1:]]
     assert [len(m) for m in memories] == [1, 2, 2]

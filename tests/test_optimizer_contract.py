@@ -86,22 +86,6 @@ def test_spend_reaches_the_budget_or_the_result_says_why(name):
     assert spent >= 0.9 or stopped["reason"] in ("schedule", "exhausted", "optimizer_calls"), (spent, stopped)
 
 
-@pytest.fixture
-def half_right(monkeypatch):
-    """Every other row answered right, charged as usual: every method finds errors and successes to learn from."""
-    from optimizers.harness import Evaluation, Harness
-
-    def evaluate_many(self, requests):
-        out = []
-        for prompt, rows in requests:
-            self.budget.charge_task_calls(prompt, [e.id for e in rows])
-            correct = tuple(i % 2 == 0 for i in range(len(rows)))
-            out.append(Evaluation(sum(correct) / len(rows), correct, ("Yes",) * len(rows), 1.0, ("because",) * len(rows)))
-        return out
-
-    monkeypatch.setattr(Harness, "evaluate_many", evaluate_many)
-
-
 @pytest.mark.parametrize("name", OPTIMIZING)
 @pytest.mark.parametrize("cap", ["task_calls", "optimizer_calls"])
 def test_either_cap_ends_the_run_with_a_result(name, cap, half_right):
