@@ -61,6 +61,7 @@ class Run:
             self.llm = OptimizerLLM(self.optimizer_backend, self.budget, self.seed)
         self.scores: dict[tuple[str, str], Evaluation] = {}
         self.trajectory: list[TrajectoryStep] = []
+        self.state: dict = {}  # the method's state (its hooks' JSON-able dict)
         self.stopped: Stopped | None = None
         self.step_index = 0
         self.seconds: dict[str, float] = defaultdict(float)
@@ -76,8 +77,12 @@ class Run:
         return len(self.budget.uncharged(prompt, [e.id for e in rows]))
 
     def reserve(self) -> int:
-        """Task calls kept back for the final choice on dev (the method's candidates and the initial prompt)."""
-        return self.optimizer.dev_candidates() * len(self.dev) + self.cost(self.initial_prompt, self.dev)
+        """Task calls kept back for the final choice on dev: the method's candidate slots, and the
+        initial prompt unless it holds one of those slots now (it is not charged twice)."""
+        slots = self.optimizer.dev_candidates()
+        finals = self.optimizer.final_candidates(self, self.state)[:slots] if slots else []
+        initial = 0 if self.initial_prompt in finals else self.cost(self.initial_prompt, self.dev)
+        return slots * len(self.dev) + initial
 
     def affordable(self, prompts: list[str], rows, reserve: int | None = None) -> list[str]:
         """The longest head of ``prompts`` whose scoring on ``rows`` fits the budget, less the reserve."""
@@ -141,6 +146,7 @@ class Run:
         state = self._resume()
         if state is None:
             state = self._begin()
+        self.state = state
         schedule = self.optimizer.schedule(self)
         idle = 0
         while self.stopped is None:
