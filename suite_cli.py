@@ -100,7 +100,8 @@ def _optimize(args) -> None:
     try:
         terms = Terms(**_json_object(args.terms, "--terms"))
     except ValidationError as error:
-        raise SuiteError(f"--terms: {error.errors()[0]['loc']}: {error.errors()[0]['msg']}") from None
+        first = error.errors()[0]
+        raise SuiteError(f"--terms: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     budget = Budget(args.max_task_calls, args.max_optimizer_calls)
     if args.optimizer_endpoint and not args.optimizer_endpoint_model:
         raise SuiteError("--optimizer-endpoint needs --optimizer-endpoint-model")

@@ -73,7 +73,8 @@ def validate_config(config: dict) -> dict:
         get_model_spec(name)
     for name in names("optimizers"):
         get_optimizer(name)
-    if config.get("use_test_options") and isinstance(config.get("optimizers"), dict):  # each optimizer's own small options, under the given ones
+    if config.get("use_test_options") and isinstance(config.get("optimizers"), dict):
+        # each optimizer's own small options, under the given ones
         config["optimizers"] = {name: {**get_optimizer(name).test_options, **(options or {})}
                                 for name, options in config["optimizers"].items()}
     errors = sorted(_validator(config_schema()).iter_errors(config), key=lambda e: (len(e.absolute_path), _path(e)))
@@ -83,9 +84,8 @@ def validate_config(config: dict) -> dict:
         if len(message) > 300:  # a oneOf over whole sub-schemas: point at the key, not the schema
             message = f"{str(error.instance)[:80]!r} does not match any allowed form ({error.schema.get('description', '')})"
         raise ConfigError(f"{_path(error)}: {message}")
-    llm = config.get("optimizer_llm")
-    if isinstance(llm, dict) and "base_url" not in llm:
-        get_model_spec(llm["model"])
+    if local_optimizer_model(config):
+        get_model_spec(local_optimizer_model(config))
     local = set(config["models"]) | set(config.get("transfer_targets", []))
     for label in config.get("endpoint_targets", {}):
         if label in local:
@@ -107,9 +107,8 @@ def budget_for(config: dict, task: str) -> dict:
     return caps
 
 
-def optimizer_model_name(config: dict, task_model: str) -> str | None:
-    """The local model that writes prompts for text methods; None for an endpoint."""
+def local_optimizer_model(config: dict) -> str | None:
+    """The registry model loaded locally to write the text methods' prompts; None for the task
+    model itself (self-optimization) or an endpoint."""
     llm = config.get("optimizer_llm")
-    if llm is None or llm == "task_model":
-        return task_model
-    return None if "base_url" in llm else llm["model"]
+    return llm["model"] if llm and "base_url" not in llm else None

@@ -15,6 +15,7 @@ planning a workflow imports only the optimizer modules it needs, and never torch
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import json
@@ -247,8 +248,9 @@ def _registered_in(path: Path) -> list[tuple[str, str]]:
     return found
 
 
+@functools.cache
 def registry() -> dict[str, str]:
-    """Optimizer name -> ``module:Class``, read from the source files without importing them."""
+    """Optimizer name -> ``module:Class``, read once from the source files without importing them."""
     entries = {}
     for path in sorted(_PACKAGE.glob("*.py")):
         for name, class_name in _registered_in(path):

@@ -109,7 +109,7 @@ class GradientSearch:
         data, model = run.data, run.model
         if options.n_train > len(data.train):
             raise OptionError(f"greater: n_train={options.n_train} but the task has {len(data.train)} train rows")
-        self.o, self.data, self.model, self.budget, self.rng = options, data, model, run.budget, run.rng
+        self.o, self.model, self.budget, self.rng = options, model, run.budget, run.rng
         self.task, self.tokenizer = data.task, model.tokenizer
         self.net = model.model
         self.embed = self.net.get_input_embeddings()

@@ -11,7 +11,7 @@
    to the method's better-ranked prompt); task calls for it are reserved throughout;
 4. the result: a ``PromptResult`` with the trajectory, the stop reason and the spend.
 
-Methods score prompts only through ``score``/``score_all``/``score_pairs`` (the shared
+Methods score prompts only through ``score_all``, ``score_pairs`` or ``score_affordable`` (the shared
 ``Harness``: one prompt slot, one extractor, one parser, one reasoning limit) and write
 prompts only through ``llm`` (the optimizer LLM, charged per completion).
 """
@@ -94,9 +94,6 @@ class Run:
                 break
             fitting.append(prompt)
         return fitting
-
-    def score(self, prompt: str, rows, split: str) -> Evaluation:
-        return self.score_pairs([(prompt, rows)], split)[0]
 
     def score_all(self, prompts: list[str], rows, split: str) -> list[Evaluation]:
         """Each prompt on the same rows, the unscored ones in one batched harness call."""

@@ -26,8 +26,9 @@ RUNTIME = {"dtype": "float32", "device": "cpu", "threads": 2, "batch_size": 64, 
 EVALUATION = {"backend": "hf", "limit": None, "batch_size": 16, **config.get("evaluation", {})}
 TERMS = config["terms"]
 OPTIMIZER_LLM = config.get("optimizer_llm")
+WRITER = suite_config.local_optimizer_model(config)  # a local model writing the text methods' prompts
 # Every model a job loads: the task models, the transfer targets and a local optimizer LLM.
-LOCAL_MODELS = list(dict.fromkeys(TARGETS + ([OPTIMIZER_LLM["model"]] if OPTIMIZER_LLM and "base_url" not in OPTIMIZER_LLM else [])))
+LOCAL_MODELS = list(dict.fromkeys(TARGETS + ([WRITER] if WRITER else [])))
 
 
 wildcard_constraints:
@@ -44,9 +45,8 @@ def data_root_option():
 def optimize_inputs(wildcards):
     """The split, the task model and, for text methods with a local optimizer LLM, that model."""
     inputs = {"split": f"results/splits/{wildcards.task}.json", "model": f"results/models/{wildcards.model}.json"}
-    writer = suite_config.optimizer_model_name(config, wildcards.model)
-    if get_optimizer(wildcards.optimizer).uses_optimizer_llm and writer not in (None, wildcards.model):
-        inputs["optimizer_model"] = f"results/models/{writer}.json"
+    if get_optimizer(wildcards.optimizer).uses_optimizer_llm and WRITER not in (None, wildcards.model):
+        inputs["optimizer_model"] = f"results/models/{WRITER}.json"
     return inputs
 
 
@@ -71,8 +71,8 @@ def optimize_arguments(wildcards):
                  "--optimizer-endpoint-timeout", str(OPTIMIZER_LLM["timeout_s"])]
         if OPTIMIZER_LLM.get("api_key_env"):
             args += ["--optimizer-api-key-env", OPTIMIZER_LLM["api_key_env"]]
-    elif OPTIMIZER_LLM:
-        args += ["--optimizer-model", OPTIMIZER_LLM["model"]]
+    elif WRITER:
+        args += ["--optimizer-model", WRITER]
     return " ".join(args + [data_root_option()])
 
 
