@@ -152,7 +152,7 @@ def _evaluate(args) -> None:
     workdir = args.workdir or str(Path(args.output_dir) / args.task / f".lmeval-{args.target}")
     written = evaluate_prompt_files(args.task, args.target, records, args.output_dir, workdir, lm, description,
                                     split_file=args.split_file, data_root=args.data_root, limit=args.limit,
-                                    max_reasoning_tokens=args.max_reasoning_tokens,
+                                    max_reasoning_tokens=args.max_reasoning_tokens, extractor_variant=args.extractor,
                                     response_cache=None if args.no_response_cache
                                     else response_cache_path(args.cache_dir, description))
     print(f"wrote {len(written)} evaluation files")
@@ -254,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-root", default=None)
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N test rows")
     evaluate.add_argument("--max-reasoning-tokens", type=int, default=512)
+    evaluate.add_argument("--extractor", default="dollar", choices=["dollar", "gemma2", "plain"],
+                          help="the target model's extractor variant (terms.extractor / terms.extractor_by_model)")
     evaluate.add_argument("--backend", default="hf", choices=["hf", "vllm", "endpoint"],
                           help="lm-eval model type: hf, vllm, or local-chat-completions (endpoint)")
     evaluate.add_argument("--endpoint", default=None, help="OpenAI-compatible base URL (backend endpoint)")

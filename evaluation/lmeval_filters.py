@@ -17,8 +17,17 @@ def _answer(task_name: str, continuation: str, reasoning: str = "") -> str:
 
 
 def answer_after_extractor(resps, docs):
-    """The answer written after the extractor; failing that, the one stated in the reasoning."""
+    """Lenient: the answer written after the extractor; failing that, the one stated in the reasoning."""
     return [[_answer(doc["task"], r, doc["reasoning"]) for r in rs] for rs, doc in zip(resps, docs)]
+
+
+def answer_strict(resps, docs):
+    """Strict: the answer only if it opens the text after the extractor."""
+    def strict(task_name: str, continuation: str) -> str:
+        answer = tasks.get_task(task_name).answer_format.parse_strict(continuation)
+        return INVALID if answer is None else answer
+
+    return [[strict(doc["task"], r) for r in rs] for rs, doc in zip(resps, docs)]
 
 
 def answer_in_reasoning(resps, docs):

@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from evaluation.lmeval import PromptCell, evaluate_cells
+from tasks.extractors import DEFAULT_VARIANT
+from tasks.prompt_slot import PLAIN_STOP
 from model_engine.provenance import environment, write_json_atomic
 from model_engine.sources import DEFAULT_CACHE_DIR
 from optimizers.base import validate_result
@@ -68,13 +70,17 @@ def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", 
 
     prepared = prepare(get_model_spec(target), cache_dir)
     description = {"backend": backend, "name": target, "dtype": dtype, "device": device, **asdict(prepared)}
+    description["chat"] = get_model_spec(target).chat
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
         return VLLM(pretrained=prepared.path, dtype=dtype, batch_size="auto"), description
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=prepared.path, dtype=dtype, device=device, batch_size=batch_size), description
+    lm = HFLM(pretrained=prepared.path, dtype=dtype, device=device, batch_size=batch_size)
+    # A base model (or a converted one without a template) is evaluated in the plain layout it was optimized in.
+    description["chat"] = description["chat"] and bool(getattr(lm.tokenizer, "chat_template", None))
+    return lm, description
 
 
 def response_cache_path(cache_dir, target_description: dict) -> Path:
@@ -92,7 +98,8 @@ def response_cache_path(cache_dir, target_description: dict) -> Path:
 
 def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict], output_dir: str, workdir: str,
                           lm, target_description: dict, split_file=None, data_root=None, limit: int | None = None,
-                          max_reasoning_tokens: int = 512, response_cache: Path | None = None) -> list[Path]:
+                          max_reasoning_tokens: int = 512, extractor_variant: str = DEFAULT_VARIANT,
+                          response_cache: Path | None = None) -> list[Path]:
     """``records``: prompt file path -> its record (``read_prompt_file``, read before the model loads).
 
     With ``response_cache``, every generated response is stored as soon as its batch
@@ -107,8 +114,11 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
         examples = examples[:limit]
     cells = {f"{r['model']}__{r['optimizer']}": (path, r) for path, r in records.items()}
     print(f"[evaluate] {task.name} on {target}: {len(cells)} prompts x {len(examples)} test rows", flush=True)
+    chat = target_description.get("chat", True)
     results = evaluate_cells(lm, task, examples, [PromptCell(name, r["prompt"]) for name, (_, r) in cells.items()],
-                             Path(workdir), max_reasoning_tokens, response_cache=response_cache)
+                             Path(workdir), max_reasoning_tokens, extractor=task.extractor(extractor_variant), chat=chat,
+                             reasoning_stop=() if chat else PLAIN_STOP, response_cache=response_cache,
+                             tokenizer=getattr(lm, "tokenizer", None))
     written = []
     for name, (path, record) in cells.items():
         result = results[name]
@@ -137,6 +147,7 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
             },
         })
         print(f"[evaluate] {record['model']}/{record['optimizer']} -> {target}: accuracy {result['accuracy']:.3f} "
-              f"(n={result['n']}, parse rate {result['parse_rate']:.2f})", flush=True)
+              f"(n={result['n']}, {result['answer_step']} answer; written answers parsed: strict "
+              f"{result['strict_parse_rate']:.2f}, lenient {result['lenient_parse_rate']:.2f})", flush=True)
         written.append(out)
     return written

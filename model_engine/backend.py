@@ -57,6 +57,8 @@ class Completion:
     #: the answer written after an appended extractor (``LocalModel.chat_and_answer``); its
     #: prompt_tokens count only the appended tokens
     answer: Completion | None = None
+    #: log-likelihood of each listed choice after the extractor (closed answer sets)
+    choice_logprobs: tuple[float, ...] | None = None
     cached: bool = field(default=False, compare=False)
 
     def total_tokens(self) -> tuple[int, int]:
@@ -83,6 +85,8 @@ class Backend(ABC):
 
     #: identifies the model's weights (or endpoint) in cache keys and provenance
     identity: str
+    #: strings that end a reasoning (a base model's plain layout stops at the next question)
+    reasoning_stop: tuple[str, ...] = ()
 
     def __init__(self, cache: GenerationCache | None = None, meter: UsageMeter | None = None):
         self.cache = cache
@@ -156,7 +160,7 @@ def _storable(completion: Completion) -> dict:
 
 
 def _restored(stored: dict) -> Completion:
-    token_ids = stored.get("token_ids")
-    answer = stored.get("answer")
+    token_ids, answer, choices = stored.get("token_ids"), stored.get("answer"), stored.get("choice_logprobs")
     return Completion(**{**stored, "token_ids": tuple(token_ids) if token_ids is not None else None,
+                         "choice_logprobs": tuple(choices) if choices is not None else None,
                          "answer": _restored(answer) if answer is not None else None}, cached=True)

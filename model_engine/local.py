@@ -21,12 +21,12 @@ from model_engine.cache import GenerationCache
 from model_engine.registry import ModelSpec, get_model_spec
 from model_engine.sources import PreparedModel, prepare
 from model_engine.usage import UsageMeter
+from tasks.prompt_slot import PLAIN_STOP, plain_context
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_BATCH_SIZE = 64
 #: end-of-turn markers of common chat templates, used as extra EOS ids when present
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "<|end|>")
-_PLAIN_LAYOUT = "Question: {question}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class _Followup:
     after_reasoning: list[int]  # the separator and the extractor
     alone: list[int]  # the extractor when there is no reasoning
     params: GenerationParams
+    #: one-token choices scored at the answer's first position (``chat_and_answer``)
+    choice_tokens: list[int] | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -64,6 +66,7 @@ class LocalModel(Backend):
         self.device = next(model.parameters()).device
         self.identity = f"{prepared.checksum}:{dtype}:{self.device.type}"
         self.uses_chat_template = spec.chat and bool(getattr(tokenizer, "chat_template", None))
+        self.reasoning_stop = () if self.uses_chat_template else PLAIN_STOP
         self.eos_ids = self._end_ids()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.small_rows_linear = self.device.type == "cpu" and dtype == "float32"
@@ -77,8 +80,7 @@ class LocalModel(Backend):
             text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         else:
             user = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
-            text = _PLAIN_LAYOUT.format(question=user)
-            assistant_prefix = (" " + assistant_prefix.lstrip()) if assistant_prefix else ""
+            return plain_context(user, assistant_prefix)
         return text + assistant_prefix
 
     def encode(self, text: str) -> list[int]:
@@ -98,7 +100,8 @@ class LocalModel(Backend):
         return self._cached("ids", [list(ids) for ids in sequences], params, self._generate_encoded)
 
     def chat_and_answer(self, conversations: Sequence, params: GenerationParams, extractor: str,
-                        answer_params: GenerationParams, separator: str = " ") -> list[Completion]:
+                        answer_params: GenerationParams, separator: str = " ",
+                        choices: Sequence[str] = ()) -> list[Completion]:
         """The reasoning of each conversation, then ``extractor`` appended and the answer, in one pass.
 
         When a row's reasoning ends, the extractor's tokens are fed to it and decoding goes
@@ -107,28 +110,82 @@ class LocalModel(Backend):
         when the reasoning is empty in a chat turn), as ``tasks.prompt_slot.answer_prefix``
         writes it; the reasoning's own tokens are kept as generated. Each completion is the
         reasoning, with the answer in ``.answer``. The answer is greedy.
+
+        With ``choices`` (the continuations of a closed answer set), the answer also gets
+        ``choice_logprobs``: the log-likelihood of each choice's tokens after the extractor,
+        lm-eval's ``loglikelihood``. One-token choices are read in the same pass; longer
+        ones, and rows whose reasoning ended at a stop string (its tokens are not kept),
+        are finished by a second pass over the full sequence.
         """
         if not answer_params.greedy:
             raise ValueError("chat_and_answer decodes the answer greedily; answer_params must have temperature 0")
-        keyed = [{"messages": as_messages(c), "extractor": separator + extractor, "answer": answer_params.cache_fields()}
-                 for c in conversations]
-        followup = _Followup(self._continuation_ids(separator + extractor),
-                             self._continuation_ids(extractor if self.uses_chat_template else separator + extractor),
-                             answer_params)
+        keyed = [{"messages": as_messages(c), "extractor": separator + extractor, "answer": answer_params.cache_fields(),
+                  "choices": list(choices)} for c in conversations]
+        after_reasoning = self.continuation_ids(separator + extractor)
+        alone = self.continuation_ids(extractor if self.uses_chat_template else separator + extractor)
+        choice_ids = [self.answer_ids(extractor, choice) for choice in choices]
+        one_token = bool(choice_ids) and all(len(ids) == 1 for ids in choice_ids)
+        followup = _Followup(after_reasoning, alone, answer_params, [ids[0] for ids in choice_ids] if one_token else None)
 
         def generate(missing: list[dict], params: GenerationParams) -> list[Completion]:
-            rows = [(None, self.encode(self.render(m["messages"]))) for m in missing]
-            return self._generate_rows(rows, params, None, followup)
+            prompts = [self.encode(self.render(m["messages"])) for m in missing]
+            done = self._generate_rows([(None, ids) for ids in prompts], params, None, followup)
+            unfinished = [i for i, c in enumerate(done) if c.answer is None or (choice_ids and not one_token)]
+            if unfinished:
+                contexts = [prompts[i] + list(done[i].token_ids) + (after_reasoning if done[i].token_ids else alone)
+                            for i in unfinished]
+                scores = self.choice_loglikelihoods(contexts, choice_ids) if choice_ids else [None] * len(contexts)
+                need_text = [k for k, i in enumerate(unfinished) if done[i].answer is None]
+                texts = dict(zip(need_text, self._generate_encoded([contexts[k] for k in need_text], answer_params)))
+                for k, i in enumerate(unfinished):
+                    answer = texts.get(k, done[i].answer)
+                    if k in texts:
+                        answer = replace(answer, prompt_tokens=len(contexts[k]))
+                    done[i] = replace(done[i], answer=replace(answer, choice_logprobs=scores[k]))
+            return done
 
         return self._cached("chat+answer", keyed, params, generate)
 
-    def _continuation_ids(self, text: str) -> list[int]:
+    def continuation_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` as it tokenizes after other text (no start-of-text effects)."""
         anchor = self.tokenizer(".", add_special_tokens=False)["input_ids"]
         joined = self.tokenizer("." + text, add_special_tokens=False)["input_ids"]
         if joined[: len(anchor)] == anchor:
             return joined[len(anchor):]
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def answer_ids(self, context_tail: str, answer: str) -> list[int]:
+        """Token ids of ``answer`` right after ``context_tail`` (an extractor), split as lm-eval does.
+
+        lm-eval's ``loglikelihood`` encodes context + continuation as one string and takes
+        the tokens past the context's own; training targets and choices use the same split.
+        """
+        context = self.continuation_ids(context_tail)
+        whole = self.continuation_ids(context_tail + answer)
+        if whole[: len(context)] == context and len(whole) > len(context):
+            return whole[len(context):]
+        return self.continuation_ids(answer)
+
+    def choice_loglikelihoods(self, contexts: Sequence[Sequence[int]], choices: Sequence[Sequence[int]]) -> list[tuple[float, ...]]:
+        """Sum of the log-probabilities of each choice's tokens after each context (teacher-forced)."""
+        rows = [(i, j) for i in range(len(contexts)) for j in range(len(choices))]
+        sequences = [list(contexts[i]) + list(choices[j]) for i, j in rows]
+        keep = max(len(c) for c in choices) + 1
+        scores = [[0.0] * len(choices) for _ in contexts]
+        order = sorted(range(len(rows)), key=lambda r: len(sequences[r]), reverse=True)
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                input_ids, attention, positions, _ = self.left_pad([sequences[r] for r in chunk])
+                logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                                    logits_to_keep=keep).logits[:, -keep:, :].float()
+                log_probs = torch.log_softmax(logits, dim=-1)
+                for b, r in enumerate(chunk):
+                    i, j = rows[r]
+                    target = list(choices[j])
+                    predicted = log_probs[b, keep - 1 - len(target):keep - 1]
+                    scores[i][j] = float(predicted[torch.arange(len(target)), torch.tensor(target)].sum())
+        return [tuple(row) for row in scores]
 
     def _generate_chat(self, requests: list[list[dict]], params: GenerationParams, sample_indices: list[int],
                        assistant_prefix: str) -> list[Completion]:
@@ -230,6 +287,7 @@ class LocalModel(Backend):
         fed: dict[int, int] = {}  # row -> tokens appended after the reasoning
         answers: dict[int, list[int]] = {}  # rows writing their answer
         answer_eos: set[int] = set()
+        choice_logprobs: dict[int, tuple[float, ...]] = {}
         while True:
             logits = self.model(
                 input_ids=step_input,
@@ -249,6 +307,9 @@ class LocalModel(Backend):
                         continue
                     del pending[row]
                     answers[row] = []  # the extractor is in: this prediction is the answer's first token
+                    if followup.choice_tokens:
+                        log_probs = torch.log_softmax(logits[live].float(), dim=-1)
+                        choice_logprobs[row] = tuple(float(log_probs[t]) for t in followup.choice_tokens)
                 if row in answers:
                     token = greedy[live]
                     if token in eos_ids:
@@ -264,14 +325,15 @@ class LocalModel(Backend):
                     continue
                 token = picked[live]
                 at_eos = token in eos_ids
+                at_stop = False
                 if at_eos:
                     ended_by_eos[row] = True
                 else:
                     outputs[row].append(token)
-                    if len(outputs[row]) < params.max_new_tokens and not (
-                            params.stop and self._hits_stop(outputs[row], params.stop)):
+                    at_stop = bool(params.stop) and self._hits_stop(outputs[row], params.stop)
+                    if len(outputs[row]) < params.max_new_tokens and not at_stop:
                         continue  # feed[live] is the token just generated
-                if followup is None:
+                if followup is None or at_stop:  # after a stop string, chat_and_answer answers in a second pass
                     finished.append(live)
                     continue
                 # The reasoning is over: feed its last token (unless EOS), then the extractor.
@@ -294,16 +356,20 @@ class LocalModel(Backend):
         completions = []
         for row, (prompt_length, new_tokens, at_eos) in enumerate(zip(prompt_lengths, outputs, ended_by_eos)):
             completion = self._completion(new_tokens, prompt_length, at_eos, params.stop)
-            if followup is not None:
-                answer = self._completion(answers.get(row, []), fed.get(row, 0), row in answer_eos, followup.params.stop)
-                completion = replace(completion, answer=answer)
+            if followup is not None and row in answers:
+                answer = self._completion(answers[row], fed.get(row, 0), row in answer_eos, followup.params.stop)
+                completion = replace(completion, answer=replace(answer, choice_logprobs=choice_logprobs.get(row)))
             completions.append(completion)
         return completions
 
     def _completion(self, tokens: list[int], prompt_tokens: int, at_eos: bool, stop: tuple[str, ...]) -> Completion:
         text, at_stop = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
+        kept = list(tokens)
+        if at_stop:  # the token ids of the text before the stop string, as what follows sees them
+            while kept and not text.startswith(self.tokenizer.decode(kept, skip_special_tokens=True)):
+                kept.pop()
         return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(tokens) + (1 if at_eos else 0),
-                          finish_reason="stop" if at_eos or at_stop else "length", token_ids=tuple(tokens))
+                          finish_reason="stop" if at_eos or at_stop else "length", token_ids=tuple(kept))
 
     @staticmethod
     def _pick(logits: torch.Tensor, params: GenerationParams, generator) -> torch.Tensor:

@@ -32,6 +32,8 @@ ScoreSplit = Literal["train", "dev", "screen", "minibatch"]
 StopReason = Literal["schedule", "task_calls", "optimizer_calls", "exhausted", "fixed"]
 
 DEFAULT_INITIAL_PROMPT = "Let's think step by step."
+#: ``tasks.extractors.VARIANTS`` (a test keeps them equal)
+ExtractorVariant = Literal["dollar", "gemma2", "plain"]
 
 
 class Terms(BaseModel):
@@ -46,6 +48,14 @@ class Terms(BaseModel):
         512, ge=1, description="reasoning limit of the task model, in optimization and test evaluation alike")
     n_dev: int | None = Field(
         None, ge=1, description="dev rows of every method's final choice (the first n; null: all dev rows)")
+    extractor: ExtractorVariant = Field(
+        "dollar", description="extractor variant after the reasoning (tasks.extractors): dollar, gemma2 or plain")
+    extractor_by_model: dict[str, ExtractorVariant] = Field(
+        default_factory=dict, description="model name -> extractor variant, for models that need another one")
+
+    def extractor_for(self, model: str) -> str:
+        """The extractor variant the harness uses with ``model`` (for every method alike)."""
+        return self.extractor_by_model.get(model, self.extractor)
 
 
 class OptimizerOptions(BaseModel):
@@ -151,6 +161,8 @@ class Provenance(BaseModel):
     environment: dict[str, Any]
     options: dict[str, Any] = Field(default_factory=dict)
     terms: dict[str, Any] = Field(default_factory=dict)
+    extractor: dict[str, Any] = Field(
+        default_factory=dict, description="the extractor the harness used with the task model: variant, text, answer_lead")
     config: dict[str, Any] = Field(default_factory=dict)
 
 

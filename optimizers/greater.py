@@ -56,6 +56,26 @@ class GreaterOptions(OptimizerOptions):
     scoring_context: Literal["clean", "reference"] = Field(
         "clean", description="clean (fixed) or reference (bug: every EOS/pad id removed from the scored context)")
     reuse_prefix_cache: bool = Field(True, description="compute each question's key/value states once (same results, faster)")
+    # Options for small models: each changes the reference's algorithm, so each is off by default.
+    restricted_error: bool = Field(
+        False, description="training error decided among the task's valid answers only (closed answer sets: the "
+                           "harness's decision; an answer longer than one token is decided by its first)")
+    break_ties_by_answer_loss: bool = Field(
+        False, description="ties in the selection objective go to the lower answer cross-entropy")
+    roundtrip_filter: bool = Field(
+        False, description="drop candidates whose prompt text does not re-tokenize to the same ids "
+                           "(dev and test read the text, so they would score other tokens)")
+
+    def deviations(self) -> list[str]:
+        named = {
+            "restricted_error": "training error decided among the valid answers only",
+            "break_ties_by_answer_loss": "selection ties broken by the answer cross-entropy",
+            "roundtrip_filter": "candidates that do not re-tokenize to the same ids are dropped",
+            "accept": "a candidate replaces the token only when it improves the objective",
+        }
+        changed = [name for name in ("restricted_error", "break_ties_by_answer_loss", "roundtrip_filter") if getattr(self, name)]
+        changed += ["accept"] if self.accept == "improvement" else []
+        return [named[name] for name in changed]
 
 
 @register_optimizer("greater")
@@ -104,9 +124,9 @@ class Greater(Optimizer):
         winner = results[-1] if period_at is not None else None
         if winner is None:
             for result in results:  # ties go to the later candidate, as in the reference
-                if winner is None or result["objective"] <= winner["objective"]:
+                if winner is None or self._rank(result) <= self._rank(winner):
                     winner = result
-        if o.accept == "improvement" and winner["objective"] > state["current"]["objective"]:
+        if o.accept == "improvement" and self._rank(winner) > self._rank(state["current"]):
             winner = state["current"] | {"prompt": prompt}
         new_prompt = winner["prompt"]
         pos += 1
@@ -119,6 +139,12 @@ class Greater(Optimizer):
         self._record(run, search.text(winner["prompt"]), winner, position=pos, candidates_proposed=len(candidates),
                      candidates_evaluated=[search.tokenizer.decode([c]) for c in chosen], topk_used=k)
 
+    def _rank(self, result: dict) -> tuple[float, ...]:
+        """The selection objective; with ``break_ties_by_answer_loss``, the answer loss breaks ties."""
+        if self.options.break_ties_by_answer_loss:
+            return result["objective"], result["answer_loss"]
+        return (result["objective"],)
+
     def _record(self, run, text: str, result: dict, **details) -> None:
         run.record(text, 1.0 - result["train_error"], "train", prompt_ids=list(result["prompt"]),
                    loss=result["objective"], train_error=result["train_error"], perplexity=result["perplexity"],
@@ -129,7 +155,7 @@ class Greater(Optimizer):
         from optimizers.greater_gradient import PLACEHOLDER
 
         ranked = []
-        for result in sorted(state.get("seen", []), key=lambda r: r["objective"]):
+        for result in sorted(state.get("seen", []), key=self._rank):
             text = self.search.text(result["prompt"]).rstrip(PLACEHOLDER).strip()
             if text and text not in ranked:
                 ranked.append(text)

@@ -23,17 +23,19 @@ _SENTINEL = "\ue000"  # a private-use character that no chat template contains
 _ALLOWED_PUNCTUATION = {".", ",", " "}
 
 
-def allowed_token_mask(tokenizer) -> torch.Tensor:
+def allowed_token_mask(tokenizer, size: int | None = None) -> torch.Tensor:
     """Tokens that may be proposed: words (letters, optional spaces) and ". , space".
 
     Every special and added token is excluded, over the whole vocabulary (the reference
-    scanned only ids 3..vocab_size, letting "!" and chat markers through).
+    scanned only ids 3..vocab_size, letting "!" and chat markers through). ``size`` is
+    the embedding matrix's row count: rows past the tokenizer's vocabulary (padded
+    embeddings, e.g. Qwen2.x checkpoints) are never proposed.
     """
-    size = len(tokenizer)
+    size = size if size is not None else len(tokenizer)
     excluded = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
     printable = set(string.printable) - set("\t\n\r\x0b\x0c")
     mask = torch.zeros(size, dtype=torch.bool)
-    for token_id in range(size):
+    for token_id in range(min(size, len(tokenizer))):
         if token_id in excluded:
             continue
         text = tokenizer.decode([token_id])
@@ -118,11 +120,16 @@ class GradientSearch:
         self.device = model.device
         head_text, tail_text = model.render([{"role": "user", "content": _SENTINEL}]).split(_SENTINEL)
         self.tail = self._segment(tail_text)
+        # The answer is read where the harness reads it: after the same extractor tokens.
+        self.extractor = run.harness.extractor
+        self.extractor_ids = model.continuation_ids(EXTRACTOR_SEPARATOR + self.extractor.text)
+        self.choice_firsts = self._choice_first_tokens(run) if options.restricted_error else None
         self.examples = [self._example(i, e, head_text) for i, e in enumerate(data.train[: options.n_train])]
-        self.allowed = allowed_token_mask(self.tokenizer).to(self.device)
+        self.allowed = allowed_token_mask(self.tokenizer, self.embed.weight.shape[0]).to(self.device)
         self.placeholder = self._segment(PLACEHOLDER)[-1]
+        self.slot_ids = model.continuation_ids(SLOT_SEPARATOR)
         self.drop_ids = set(model.eos_ids) | {model.pad_id}
-        self.reasoning = GenerationParams(max_new_tokens=run.terms.max_reasoning_tokens)
+        self.reasoning = GenerationParams(max_new_tokens=run.terms.max_reasoning_tokens, stop=model.reasoning_stop)
         self.rollout_memory: dict[str, list[tuple[int, ...]]] = {}
         self.phase_seconds = run.seconds  # the shared run reports them with the result
         # The question prefixes' key/value states, computed once and reused by every pass.
@@ -140,16 +147,26 @@ class GradientSearch:
 
     def _example(self, index: int, example, head_text: str) -> Example:
         prefix = self.model.encode(head_text + example.question + SLOT_SEPARATOR)
-        extractor = EXTRACTOR_SEPARATOR + self.task.extractor
-        encoded = self.tokenizer(extractor + self.task.target_text(example.gold), add_special_tokens=False,
-                                 return_offsets_mapping=True)
-        answer_start = next((i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > len(extractor)), None)
-        if answer_start is None:
-            raise ValueError(f"{example.id}: the gold answer has no tokens after the extractor")
-        return Example(example.id, index, prefix, encoded["input_ids"], answer_start)
+        answer = self.model.answer_ids(self.extractor.text, self.extractor.continuation(self.task.answer_format.canonical(example.gold)))
+        return Example(example.id, index, prefix, self.extractor_ids + answer, len(self.extractor_ids))
+
+    def _choice_first_tokens(self, run) -> list[int]:
+        """The first token of every valid answer after the extractor (``restricted_error``)."""
+        choices = self.task.choices(run.extractor_variant)
+        if choices is None:
+            raise OptionError(f"greater: restricted_error needs a closed answer set; {self.task.name} has open answers")
+        firsts = [self.model.answer_ids(self.extractor.text, choice)[0] for choice in choices]
+        if len(set(firsts)) < len(firsts):
+            raise OptionError(f"greater: restricted_error needs answers that differ in their first token; "
+                              f"{self.task.name}'s {choices} do not with this tokenizer")
+        return firsts
 
     def text(self, prompt: list[int]) -> str:
         return self.tokenizer.decode(prompt, skip_special_tokens=True).strip()
+
+    def roundtrips(self, prompt: list[int]) -> bool:
+        """Whether the prompt's text, in its slot, tokenizes back to these ids (what dev and test see)."""
+        return self.model.continuation_ids(SLOT_SEPARATOR + self.text(prompt)) == self.slot_ids + list(prompt)
 
     # ---- batched model passes -----------------------------------------------------------
     def _logits_at(self, hidden: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
@@ -245,6 +262,8 @@ class GradientSearch:
             log_probs[:, prompt[pos - 1]] = -math.inf  # never repeat the previous token
         candidates, k = propose_candidates(log_probs, self.o.topk, self.o.topq, self.o.examples_per_group,
                                            self.o.min_candidates, self.rng)
+        if self.o.roundtrip_filter:
+            candidates = [c for c in candidates if self.roundtrips(prompt[:pos] + [c] + prompt[pos + 1:])]
         if pos < len(prompt) and prompt[pos] not in candidates:
             candidates = sorted(candidates + [prompt[pos]])
         self.phase_seconds["proposal"] += time.perf_counter() - started
@@ -290,9 +309,17 @@ class GradientSearch:
             targets = torch.tensor(ppl_targets if ppl_targets is not None else scored.prompt, device=self.device)
             answer_ce.append(torch.nn.functional.cross_entropy(answer_logits / self.o.temperature, gold))
             nll.append(torch.nn.functional.cross_entropy(prompt_logits, targets))
-            wrong.append(bool((answer_logits.argmax(dim=-1) != gold).any()))
+            wrong.append(self._wrong(answer_logits, gold))
         answer_ce, nll = torch.stack(answer_ce), torch.stack(nll)
         return {"objective": answer_ce + self.o.perplexity_weight * nll, "answer_ce": answer_ce, "nll": nll, "wrong": wrong}
+
+    def _wrong(self, answer_logits: torch.Tensor, gold: torch.Tensor) -> bool:
+        """The teacher-forced mistake: argmax over the vocabulary (reference) or over the valid answers."""
+        if self.choice_firsts is None:
+            return bool((answer_logits.argmax(dim=-1) != gold).any())
+        firsts = torch.tensor(self.choice_firsts, device=answer_logits.device)
+        picked = self.choice_firsts[int(answer_logits[0, firsts].argmax())]
+        return picked != int(gold[0]) or int(gold[0]) not in self.choice_firsts
 
     # ---- 5. candidate evaluation ---------------------------------------------------------------
     def evaluate(self, prompts: list[list[int]], previous: list[int]) -> list[dict]:

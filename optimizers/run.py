@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import asdict
 
 from model_engine.provenance import environment
 from optimizers.base import BudgetExhausted, OptionError, describe_model, log
@@ -51,7 +52,8 @@ class Run:
         self.dev = list(self.data.dev[: self.terms.n_dev] if self.terms.n_dev else self.data.dev)
         if not self.dev and not optimizer.fixed:
             raise OptionError(f"{self.task.name} has no dev rows for the final choice")
-        self.harness = Harness(self.task, self.model, self.budget, self.terms.max_reasoning_tokens)
+        self.extractor_variant = self.terms.extractor_for(describe_model(self.model)["name"])
+        self.harness = Harness(self.task, self.model, self.budget, self.terms.max_reasoning_tokens, self.extractor_variant)
         self.optimizer_backend = None
         self.llm = None
         if optimizer.uses_optimizer_llm:
@@ -221,7 +223,7 @@ class Run:
     def _provenance(self) -> Provenance:
         return Provenance(seed=self.seed, model=describe_model(self.model), environment=environment(),
                           options=self.o.model_dump(mode="json"), terms=self.terms.model_dump(mode="json"),
-                          data_sha256=self.data.data_sha256,
+                          extractor=asdict(self.harness.extractor), data_sha256=self.data.data_sha256,
                           split_sizes={"train": len(self.data.train), "dev": len(self.data.dev)})
 
     # ---- checkpoints ---------------------------------------------------------------------------------

@@ -41,6 +41,11 @@ class AnswerFormat(ABC):
     #: stable identifier used in configs, reports and lm-eval task files
     kind: str
 
+    @property
+    def options(self) -> tuple[str, ...] | None:
+        """Every valid canonical answer of a closed answer set; None when answers are open."""
+        return None
+
     @abstractmethod
     def _parse_start(self, text: str) -> str | None:
         """The answer at the very start of ``text`` (already stripped of noise)."""
@@ -65,6 +70,13 @@ class AnswerFormat(ABC):
             found = self._parse_last(text[-_TAIL_CHARS:])
         return None if found is None else self.canonical(found)
 
+    def parse_strict(self, continuation: str) -> str | None:
+        """The answer only if it opens the text after the extractor (decorations aside)."""
+        if not continuation or not continuation.strip():
+            return None
+        found = self._parse_start(_strip_leading_noise(continuation))
+        return None if found is None else self.canonical(found)
+
     def is_correct(self, output: str, gold: str) -> bool:
         predicted = self.parse(output)
         return predicted is not None and predicted == self.canonical(gold)
@@ -80,6 +92,10 @@ class MultipleChoice(AnswerFormat):
 
     letters: str
     kind: str = field(default="multiple_choice", init=False)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return tuple(self.letters)
 
     def _letter_pattern(self) -> str:
         return f"[{self.letters}]"
@@ -111,6 +127,10 @@ class Label(AnswerFormat):
     labels: tuple[str, ...]
     aliases: tuple[tuple[str, str], ...] = ()
     kind: str = field(default="label", init=False)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return self.labels
 
     def _words(self) -> dict[str, str]:
         words = {label.lower(): label for label in self.labels}

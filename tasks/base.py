@@ -10,6 +10,7 @@ from typing import ClassVar
 from suite_errors import DataError
 from tasks.answers import AnswerFormat
 from tasks.data import DataFile, locate, sha256_file
+from tasks.extractors import DEFAULT_VARIANT, Extractor, pick
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,9 @@ class Task(ABC):
 
     name: str
     answer_format: AnswerFormat
-    #: fixed text after the model's reasoning that makes it state its final answer;
-    #: part of the harness, never of the optimized prompt
-    extractor: str
+    #: the fixed text after the model's reasoning that makes it state its final answer,
+    #: one per variant (``tasks.extractors``); part of the harness, never of the prompt
+    extractors: tuple[Extractor, ...]
 
     family: ClassVar[str]
 
@@ -63,9 +64,21 @@ class Task(ABC):
     def split_ids(self, examples: dict[str, list[Example]]) -> SplitIds:
         return self._split(examples)
 
-    def target_text(self, gold: str) -> str:
+    def extractor(self, variant: str = DEFAULT_VARIANT) -> Extractor:
+        return pick(self.extractors, variant)
+
+    def target_text(self, gold: str, variant: str = DEFAULT_VARIANT) -> str:
         """What follows the extractor for a correct answer (the training target's tail)."""
-        return self.answer_format.canonical(gold)
+        return self.extractor(variant).continuation(self.answer_format.canonical(gold))
+
+    def choices(self, variant: str = DEFAULT_VARIANT) -> tuple[str, ...] | None:
+        """The continuation of every valid answer after the extractor (closed answer sets), else None.
+
+        Aligned with ``answer_format.options``: the answer step picks the one the model
+        finds most likely, in the harness and in lm-eval's ``multiple_choice`` pass alike.
+        """
+        options = self.answer_format.options
+        return None if options is None else tuple(self.extractor(variant).continuation(o) for o in options)
 
     def parse_answer(self, continuation: str, reasoning: str = "") -> str | None:
         """The answer after the extractor; failing that, the one stated in the reasoning.
@@ -75,6 +88,13 @@ class Task(ABC):
         """
         answer = self.answer_format.parse(continuation)
         return answer if answer is not None or not reasoning else self.answer_format.parse(reasoning)
+
+    def chosen(self, choice_logprobs) -> str:
+        """The valid answer whose continuation the model found most likely (ties: the first listed)."""
+        options = self.answer_format.options
+        if options is None or len(choice_logprobs) != len(options):
+            raise ValueError(f"{self.name}: expected one log-likelihood per option {options}, got {choice_logprobs}")
+        return options[max(range(len(options)), key=lambda i: (choice_logprobs[i], -i))]
 
     def is_correct(self, continuation: str, gold: str, reasoning: str = "") -> bool:
         answer = self.parse_answer(continuation, reasoning)

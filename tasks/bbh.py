@@ -20,7 +20,7 @@ from suite_errors import DataError
 from tasks.answers import FreeText, Integer, Label, MultipleChoice
 from tasks.base import Example, SplitIds, Task, positional_split
 from tasks.data import DataFile, read_json, require_fields
-from tasks.extractors import free_text_extractor, integer_extractor, label_extractor, multiple_choice_extractor
+from tasks import extractors
 
 N_TRAIN, N_DEV = 50, 100
 _URL = "https://raw.githubusercontent.com/suzgunmirac/BIG-Bench-Hard/main/bbh/{}.json"
@@ -124,13 +124,13 @@ class BBHTask(Task):
 def _make_tasks() -> list[BBHTask]:
     made = []
     for name, letters in _LETTERS.items():
-        made.append(BBHTask(name, MultipleChoice(letters), multiple_choice_extractor(letters)))
+        made.append(BBHTask(name, MultipleChoice(letters), extractors.multiple_choice(letters)))
     for name, labels in _LABELS.items():
-        made.append(BBHTask(name, Label(labels), label_extractor(labels)))
+        made.append(BBHTask(name, Label(labels), extractors.label(labels)))
     for name, kind in _INTEGER_KINDS.items():
-        made.append(BBHTask(name, Integer(), integer_extractor(kind)))
+        made.append(BBHTask(name, Integer(), extractors.integer(kind)))
     for name, (what, symbols) in _FREE_TEXT.items():
-        made.append(BBHTask(name, FreeText(symbols=symbols), free_text_extractor(what)))
+        made.append(BBHTask(name, FreeText(symbols=symbols), extractors.free_text(what)))
     return sorted(made, key=lambda task: task.name)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from suite_errors import DataError
 from tasks.answers import Label
 from tasks.base import Example, SplitIds, Task, split_with_separate_test
-from tasks.extractors import label_extractor
+from tasks import extractors
 from tasks.data import DataFile, read_jsonl, require_fields
 
 N_TRAIN, N_DEV = 100, 100
@@ -62,4 +62,4 @@ class FOLIOTask(Task):
         return split_with_separate_test(examples, TRAIN.relpath, TEST.relpath, N_TRAIN, N_DEV)
 
 
-TASKS = [FOLIOTask("folio", Label(LABELS, aliases=(("unknown", "Uncertain"),)), label_extractor(LABELS))]
+TASKS = [FOLIOTask("folio", Label(LABELS, aliases=(("unknown", "Uncertain"),)), extractors.label(LABELS))]

@@ -13,7 +13,7 @@ from pathlib import Path
 from suite_errors import DataError
 from tasks.answers import Integer
 from tasks.base import Example, SplitIds, Task, split_with_separate_test
-from tasks.extractors import integer_extractor
+from tasks import extractors
 from tasks.data import DataFile, read_jsonl, require_fields
 
 N_TRAIN, N_DEV = 100, 100
@@ -49,4 +49,4 @@ class GSM8KTask(Task):
         return split_with_separate_test(examples, TRAIN.relpath, TEST.relpath, N_TRAIN, N_DEV)
 
 
-TASKS = [GSM8KTask("gsm8k", Integer(), integer_extractor("a positive or negative integer"))]
+TASKS = [GSM8KTask("gsm8k", Integer(), extractors.integer("a positive or negative integer"))]

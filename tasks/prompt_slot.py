@@ -12,6 +12,10 @@ from __future__ import annotations
 SLOT_SEPARATOR = "\n"
 #: between the model's reasoning and the extractor text
 EXTRACTOR_SEPARATOR = " "
+#: how a base model (no chat template) sees a question, in optimization and test alike
+PLAIN_LAYOUT = "Question: {question}\nAnswer:"
+#: a base model in the plain layout goes on to invent the next question; its reasoning ends there
+PLAIN_STOP = ("\nQuestion:",)
 
 
 def user_message(question: str, prompt: str) -> str:
@@ -23,3 +27,9 @@ def answer_prefix(reasoning: str, extractor: str) -> str:
     """What the assistant turn holds before the answer: its reasoning, then the extractor."""
     reasoning = reasoning.strip()
     return f"{reasoning}{EXTRACTOR_SEPARATOR}{extractor}" if reasoning else extractor
+
+
+def plain_context(message: str, assistant_prefix: str = "") -> str:
+    """A base model's input: the plain layout, then what the assistant has written so far."""
+    text = PLAIN_LAYOUT.format(question=message)
+    return text + " " + assistant_prefix.lstrip() if assistant_prefix else text

@@ -212,7 +212,7 @@ def test_chat_and_answer_continues_each_row_as_its_full_sequence_would(batch_siz
     plain = model.chat(PROMPTS, reasoning_params)
     assert [c.token_ids for c in fused] == [c.token_ids for c in plain]  # the reasoning is untouched
     for prompt, completion in zip(PROMPTS, fused):
-        extractor = model._continuation_ids(" So the answer is" if completion.token_ids else "So the answer is")
+        extractor = model.continuation_ids(" So the answer is" if completion.token_ids else "So the answer is")
         full = model.encode(model.render([{"role": "user", "content": prompt}])) + list(completion.token_ids) + extractor
         (reference,) = model.complete_ids([full], answer_params)
         assert completion.answer.token_ids == reference.token_ids

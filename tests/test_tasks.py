@@ -6,6 +6,7 @@ import re
 import pytest
 
 import tasks
+from tasks.extractors import VARIANTS
 from tasks.heldout import load_test_examples
 
 BBH_TASKS = 27
@@ -42,14 +43,45 @@ def test_multiple_choice_extractor_lists_every_gold_letter(name):
     for gold in golds:
         letter = gold.strip("()")
         if len(letter) == 1:
-            assert f"'${letter}'" in task.extractor, (name, letter)
+            assert f"'${letter}'" in task.extractor().text, (name, letter)
+            assert letter in task.answer_format.options, (name, letter)
 
 
 def test_extractor_fixes_listed_in_the_spec():
-    assert "'$F'" in tasks.get_task("date_understanding").extractor
-    assert "'$K'" in tasks.get_task("geometric_shapes").extractor
-    assert tasks.get_task("navigate").extractor.endswith("is $ ")
-    assert "'$ Yes'" in tasks.get_task("navigate").extractor
+    assert "'$F'" in tasks.get_task("date_understanding").extractor().text
+    assert "'$K'" in tasks.get_task("geometric_shapes").extractor().text
+    navigate = tasks.get_task("navigate")
+    assert navigate.extractor().text.endswith("is $") and "'$ Yes'" in navigate.extractor().text
+    assert navigate.target_text("Yes") == " Yes"  # the space is the answer's, as '$ Yes' lists it
+    assert tasks.get_task("date_understanding").target_text("(B)") == "B"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", tasks.task_names())
+def test_every_extractor_variant_ends_without_whitespace_and_lists_its_target(name, variant):
+    """Templates that trim the assistant turn cannot move the answer boundary; the listing shows the target."""
+    task = tasks.get_task(name)
+    extractor = task.extractor(variant)
+    assert extractor.text == extractor.text.rstrip()
+    choices = task.choices(variant)
+    if choices is not None:
+        assert len(choices) == len(task.answer_format.options)
+        assert all(task.answer_format.parse_strict(c) == o for c, o in zip(choices, task.answer_format.options))
+        if variant != "plain":  # the $-variants list each answer exactly as it follows the extractor
+            assert all(f"'${c}'" in extractor.text for c in choices), (name, variant)
+
+
+def test_extractor_variants_match_the_terms_type():
+    from typing import get_args
+
+    from optimizers.contract import ExtractorVariant
+
+    assert set(get_args(ExtractorVariant)) == set(VARIANTS)
+
+
+def test_unknown_extractor_variant_is_named():
+    with pytest.raises(KeyError, match="Unknown extractor variant 'dolar'.*dollar"):
+        tasks.get_task("navigate").extractor("dolar")
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,8 @@ def target_model_record(wildcards):
 
 def evaluate_arguments(wildcards):
     args = ["--cache-dir", shlex.quote(config["cache_dir"]), "--dtype", RUNTIME["dtype"], "--device", RUNTIME["device"],
-            "--batch-size", str(EVALUATION["batch_size"]), "--max-reasoning-tokens", str(TERMS["max_reasoning_tokens"])]
+            "--batch-size", str(EVALUATION["batch_size"]), "--max-reasoning-tokens", str(TERMS["max_reasoning_tokens"]),
+            "--extractor", TERMS["extractor_by_model"].get(wildcards.target, TERMS["extractor"])]
     endpoint = ENDPOINT_TARGETS.get(wildcards.target)
     if endpoint is None:
         args += ["--backend", EVALUATION["backend"]]
