@@ -139,7 +139,7 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
     def run(configs: dict[str, dict]) -> dict:
         for name, config in configs.items():
             (workdir / f"{name}.yaml").write_text(yaml.dump(config, sort_keys=False))
-        return simple_evaluate(model=lm, tasks=list(configs), task_manager=TaskManager(include_path=str(workdir)),
+        return simple_evaluate(model=lm, tasks=list(configs), task_manager=TaskManager(include_path=str(workdir), include_defaults=False),
                                apply_chat_template=chat, log_samples=True, bootstrap_iters=0, use_cache=use_cache)
 
     def context(message: str, assistant_prefix: str = "") -> tuple[str, str | None]:

@@ -33,20 +33,30 @@ def test_two_pass_lm_eval_run_on_a_tiny_model(tmp_path):
     results = evaluate_cells(lm, task, examples, cells, tmp_path, max_reasoning_tokens=4)
     assert set(results) == {c.name for c in cells}
     for result in results.values():
-        assert result["n"] == 3 and 0 <= result["accuracy"] <= 1 and 0 <= result["parse_rate"] <= 1
-        assert [s["id"] for s in result["samples"]] == [e.id for e in examples]
-        assert all(s["gold"] in ("Yes", "No") for s in result["samples"])
-        assert all(s["answer"] in ("Yes", "No", "[invalid]") for s in result["samples"])
-        assert result["accuracy"] == sum(s["answer"] == s["gold"] for s in result["samples"]) / 3
-        assert result["parse_rate"] == sum(s["answer"] != "[invalid]" for s in result["samples"]) / 3
+        samples = result["samples"]
+        assert result["n"] == 3 and 0 <= result["accuracy"] <= 1 and result["answer_step"] == "choice"
+        assert [s["id"] for s in samples] == [e.id for e in examples]
+        assert all(s["gold"] in ("Yes", "No") for s in samples)
+        # a closed answer set: every row gets the valid answer its log-likelihoods favour
+        assert all(s["answer"] == ("Yes", "No")[s["choice_logprobs"].index(max(s["choice_logprobs"]))] for s in samples)
+        assert result["parse_rate"] == 1.0
+        assert result["accuracy"] == sum(s["answer"] == s["gold"] for s in samples) / 3
+        assert all(s["strict"] in ("Yes", "No", "[invalid]") and s["lenient"] in ("Yes", "No", "[invalid]") for s in samples)
+        assert result["strict_parse_rate"] <= result["lenient_parse_rate"]
+        assert result["strict_accuracy"] == sum(s["strict"] == s["gold"] for s in samples) / 3
+        assert result["lenient_accuracy"] == sum(s["lenient"] == s["gold"] for s in samples) / 3
+        assert result["extractor"]["variant"] == "dollar"
     config = (tmp_path / "suite_answer_navigate_tiny__manual.yaml").read_text()
     assert re.search(r"filter_fn: !function '?suite_filters.answer_after_extractor", config)
-    assert "gen_prefix: answer_prefix" in config
+    assert re.search(r"filter_fn: !function '?suite_filters.answer_strict", config)
+    assert "gen_prefix: gen_prefix" in config
+    assert "output_type: multiple_choice" in (tmp_path / "suite_choice_navigate_tiny__manual.yaml").read_text()
     documents = [json.loads(line) for line in (tmp_path / "tiny__manual" / "answer.jsonl").read_text().splitlines()]
-    assert all(d["answer_prefix"].endswith(task.extractor) for d in documents)
-    assert all(d["user_message"].endswith("\nBe careful.") for d in documents)
+    assert all(d["gen_prefix"].endswith(task.extractor().text) for d in documents)
+    assert all(d["choices"] == [" Yes", " No"] and d["gold_choice"] in d["choices"] for d in documents)
+    assert all(d["context"].endswith("\nBe careful.") for d in documents)
     train_and_dev = {e.question for e in tasks.load_task_data("navigate").train + tasks.load_task_data("navigate").dev}
-    assert not any(d["user_message"].split("\n")[0] in train_and_dev for d in documents)
+    assert not any(d["context"].split("\n")[0] in train_and_dev for d in documents)
 
 
 def test_response_cache_resumes_without_calling_the_model_again(tmp_path):
@@ -131,7 +141,7 @@ def test_scoring_counts_correct_answers(tmp_path):
             return ["We end where we began, so the answer is Yes." if "$" not in r.args[0] else "Yes" for r in requests]
 
         def loglikelihood(self, requests, disable_tqdm=False):
-            raise NotImplementedError
+            return [(0.0 if r.args[1] == " Yes" else -5.0, True) for r in requests]
 
         def loglikelihood_rolling(self, requests, disable_tqdm=False):
             raise NotImplementedError
@@ -139,8 +149,9 @@ def test_scoring_counts_correct_answers(tmp_path):
     task = tasks.get_task("navigate")
     examples = load_test_examples("navigate")[:8]
     result = evaluate_cells(AlwaysYes(), task, examples, [PromptCell("fixed", "Think.")], tmp_path, 16,
-                            apply_chat_template=False)["fixed"]
+                            chat=False)["fixed"]
     expected = sum(e.gold == "Yes" for e in examples) / 8
     assert 0 < expected < 1
     assert result["accuracy"] == expected and result["accuracy_without_extractor"] == expected
-    assert result["parse_rate"] == 1.0
+    assert result["strict_accuracy"] == expected and result["lenient_accuracy"] == expected
+    assert result["parse_rate"] == 1.0 and result["strict_parse_rate"] == 1.0
