@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import copy  # noqa: E402
+import functools  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -19,7 +21,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from model_engine.registry import ModelSpec  # noqa: E402
+from model_engine.registry import ModelSpec, get_model_spec  # noqa: E402
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -74,6 +76,33 @@ def tiny_local_model(chat: bool = True, seed: int = 0, **kwargs):
     tokenizer = build_tiny_tokenizer(CHAT_TEMPLATE if chat else None)
     spec = ModelSpec(name=f"tiny-llama-{seed}-{chat}", hf_id="none/tiny", chat=chat)
     return from_pretrained_objects(spec, build_tiny_llama(tokenizer, seed), tokenizer, **kwargs)
+
+
+@functools.cache
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from model_engine.sources import prepare
+
+    return AutoTokenizer.from_pretrained(prepare(get_model_spec("smollm2-135m")).path)
+
+
+def tiny_model_with_smollm2_tokenizer(template: str | None = "own"):
+    """A tiny random llama with SmolLM2's real tokenizer; ``template``: "own", another chat template, or None (base)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from model_engine.local import from_pretrained_objects
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer())
+    if template != "own":
+        tokenizer.chat_template = template
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    spec = ModelSpec(f"tiny-smollm2-tokenizer-{template is not None}", "none/tiny", chat=template is not None)
+    return from_pretrained_objects(spec, LlamaForCausalLM(config), tokenizer, batch_size=8)
 
 
 def tiny_gemma3_local_model():

@@ -9,16 +9,12 @@ what the embedded default runs), so the comparison is about tokenization, not sk
 
 from __future__ import annotations
 
-import copy
-import functools
-
 import pytest
-import torch
 
 import tasks
-from model_engine.registry import ModelSpec, get_model_spec
 from optimizers.base import Budget
 from optimizers.contract import RunContext, Terms
+from tests.conftest import tiny_model_with_smollm2_tokenizer
 
 # Llama-3's template trims every message (so a trailing space in the assistant turn is lost)
 LLAMA3_STYLE = (
@@ -35,32 +31,6 @@ TEMPLATES = {"smollm2": "own", "llama3-style": LLAMA3_STYLE, "gemma-style": GEMM
 #: one task per answer format; folio's "Uncertain" is two tokens (the second-pass likelihood)
 FORMATS = {"label": "navigate", "multiple_choice": "date_understanding", "integer": "object_counting",
            "free_text": "word_sorting", "multi_token_label": "folio"}
-
-
-@functools.cache
-def smollm2_tokenizer():
-    from transformers import AutoTokenizer
-
-    from model_engine.sources import prepare
-
-    return AutoTokenizer.from_pretrained(prepare(get_model_spec("smollm2-135m")).path)
-
-
-def tiny_model_with_smollm2_tokenizer(template: str | None):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from model_engine.local import from_pretrained_objects
-
-    tokenizer = copy.deepcopy(smollm2_tokenizer())
-    if template != "own":
-        tokenizer.chat_template = template
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    spec = ModelSpec(f"tiny-smollm2-tokenizer-{template is not None}", "none/tiny", chat=template is not None)
-    return from_pretrained_objects(spec, LlamaForCausalLM(config), tokenizer, batch_size=8)
 
 
 def greater_target(model, task_name: str, variant: str):

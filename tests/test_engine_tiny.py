@@ -233,3 +233,57 @@ def test_chat_and_answer_is_cached_with_its_answer(tmp_path):
     assert model.meter.total.calls == calls
     other = model.chat_and_answer(PROMPTS, args[1], "Final:", args[3])  # another extractor is another request
     assert model.meter.total.calls == calls + len(PROMPTS) and not any(c.cached for c in other)
+
+
+def _full_sequence(model, prompt, completion, extractor):
+    ids = model.continuation_ids(f" {extractor}" if completion.token_ids else extractor)
+    return model.encode(model.render([{"role": "user", "content": prompt}])) + list(completion.token_ids) + ids
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_choice_logprobs_are_the_likelihoods_of_each_choice_after_the_extractor(batch_size):
+    """One-token choices read in the fused pass and longer ones in a second pass equal a
+    teacher-forced forward over prompt + reasoning + extractor + choice."""
+    model = tiny_local_model(batch_size=batch_size)
+    reasoning, answer = GenerationParams(max_new_tokens=6), GenerationParams(max_new_tokens=3)
+    one_token = [" the", " apples", "A"]  # one token each with the tiny tokenizer
+    longer = [" the", " the dog", " Yes"]
+    assert all(len(model.answer_ids("is", c)) == 1 for c in one_token) and len(model.answer_ids("is", longer[1])) > 1
+    for choices in (one_token, longer):
+        done = model.chat_and_answer(PROMPTS, reasoning, "So the answer is", answer, choices=choices)
+        for prompt, completion in zip(PROMPTS, done):
+            full = _full_sequence(model, prompt, completion, "So the answer is")
+            with torch.inference_mode():
+                expected = []
+                for choice in choices:
+                    ids = model.answer_ids("So the answer is", choice)
+                    log_probs = torch.log_softmax(model.model(input_ids=torch.tensor([full + ids])).logits[0].float(), -1)
+                    expected.append(sum(float(log_probs[len(full) - 1 + k, t]) for k, t in enumerate(ids)))
+            assert completion.answer.choice_logprobs == pytest.approx(expected, abs=1e-3)
+
+
+def test_reasoning_cut_at_a_stop_string_is_answered_from_the_text_before_it():
+    """A base model's reasoning ends at the next "Question:"; what follows the stop string is
+    never seen by the answer, which is read after the reasoning's kept tokens + extractor."""
+    model = tiny_local_model(chat=False)
+    free = model.chat(PROMPTS[:3], GenerationParams(max_new_tokens=12))
+    stop = free[0].text[len(free[0].text) // 2:][:3]  # something row 0 is sure to write
+    reasoning = GenerationParams(max_new_tokens=12, stop=(stop,))
+    answer = GenerationParams(max_new_tokens=4)
+    done = model.chat_and_answer(PROMPTS[:3], reasoning, "So the answer is", answer, choices=[" the", " apples"])
+    assert done[0].finish_reason == "stop" and stop not in done[0].text
+    for prompt, completion in zip(PROMPTS[:3], done):
+        kept = model.tokenizer.decode(list(completion.token_ids), skip_special_tokens=True)
+        assert completion.text.startswith(kept) and stop not in kept
+        full = _full_sequence(model, prompt, completion, "So the answer is")
+        (reference,) = model.complete_ids([full], answer)
+        assert completion.answer.token_ids == reference.token_ids
+        assert completion.answer.choice_logprobs == pytest.approx(
+            model.choice_loglikelihoods([full], [model.answer_ids("So the answer is", c) for c in (" the", " apples")])[0], abs=1e-4)
+
+
+def test_base_models_read_the_plain_layout_and_stop_at_the_next_question():
+    model = tiny_local_model(chat=False)
+    assert not model.uses_chat_template and model.reasoning_stop == ("\nQuestion:",)
+    assert model.render([{"role": "user", "content": "Q?"}], "so Yes") == "Question: Q?\nAnswer: so Yes"
+    assert tiny_local_model().reasoning_stop == ()

@@ -17,7 +17,13 @@ from optimizers.base import Budget, Checkpoint, OptionError, get_optimizer, opti
 from optimizers.contract import RunContext, Terms
 from optimizers.greater_gradient import GradientSearch, Scored, allowed_token_mask, propose_candidates
 from optimizers.run import Run
-from tests.conftest import build_tiny_tokenizer, optimize, tiny_gemma3_local_model, tiny_local_model
+from tests.conftest import (
+    build_tiny_tokenizer,
+    optimize,
+    tiny_gemma3_local_model,
+    tiny_local_model,
+    tiny_model_with_smollm2_tokenizer,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(n_train=3, steps=2, final_candidates=2, topk=5, grad_batch_size=2)
@@ -203,3 +209,73 @@ def test_prefix_cache_changes_speed_not_results():
         assert a["details"]["loss"] == pytest.approx(b["details"]["loss"], rel=1e-4)
     assert with_cache["budget"]["task_calls"] == without["budget"]["task_calls"]
     assert with_cache["budget"]["forward_tokens"] < without["budget"]["forward_tokens"]
+
+
+# ---- options for small models ---------------------------------------------------------------------
+def test_restricted_error_decides_among_the_valid_answers_as_the_harness_does():
+    """On a random model the full-vocabulary argmax after the extractor is never " Yes" or " No"
+    (training error 1.0); decided among the valid answers, GReaTer's teacher-forced error is
+    the harness's likelihood decision on the same rows."""
+    from optimizers.harness import Harness
+    model = tiny_model_with_smollm2_tokenizer()
+    full, restricted = _run(model, n_train=8), _run(model, n_train=8, restricted_error=True)
+    prompt = full._segment(INITIAL)
+    assert full.evaluate([prompt], prompt)[0]["train_error"] == 1.0
+    restricted_error = restricted.evaluate([prompt], prompt)[0]["train_error"]
+    assert restricted_error < 1.0
+    harness = Harness(tasks.get_task("navigate"), model, Budget(None), TERMS["max_reasoning_tokens"])
+    assert restricted_error == 1 - harness.evaluate(INITIAL, tasks.load_task_data("navigate").train[:8]).accuracy
+
+
+def test_restricted_error_on_handmade_logits():
+    search = _run(tiny_model_with_smollm2_tokenizer(), n_train=1, restricted_error=True)
+    yes, no = search.choice_firsts
+    logits = torch.zeros(1, search.embed.weight.shape[0])
+    logits[0, 7], logits[0, yes], logits[0, no] = 9.0, 2.0, 1.0  # argmax is token 7; among the answers, " Yes"
+    assert not search._wrong(logits, torch.tensor([yes]))
+    assert search._wrong(logits, torch.tensor([no]))
+
+
+def test_restricted_error_needs_a_closed_answer_set():
+    optimizer = get_optimizer("greater")(**SMALL, restricted_error=True)
+    context = RunContext(data=tasks.load_task_data("object_counting"), task_model=tiny_local_model(),
+                         budget=Budget(None), terms=Terms(**TERMS))
+    with pytest.raises(OptionError, match="restricted_error needs a closed answer set; object_counting"):
+        GradientSearch(optimizer.options, Run(optimizer, context))
+
+
+def test_roundtrip_filter_drops_candidates_whose_text_tokenizes_otherwise():
+    model = tiny_model_with_smollm2_tokenizer()
+    search = _run(model, roundtrip_filter=True, topk=40, min_candidates=30)
+    prompt = search._segment(INITIAL)
+    assert search.roundtrips(prompt)
+    split = search._segment("th") + search._segment("ink")  # "think" as two tokens: its text reads as one
+    assert search._segment("think") != split and not search.roundtrips(split)
+    unfiltered = _run(model, topk=40, min_candidates=30)
+    for pos in (1, 3):
+        kept, _ = search.propose(prompt, pos)
+        proposed, _ = unfiltered.propose(prompt, pos)
+        assert set(kept) <= set(proposed) and prompt[pos] in kept
+        assert all(search.roundtrips(prompt[:pos] + [c] + prompt[pos + 1:]) for c in kept)
+        dropped = set(proposed) - set(kept)
+        assert all(not search.roundtrips(prompt[:pos] + [c] + prompt[pos + 1:]) for c in dropped)
+
+
+def test_ties_in_the_objective_go_to_the_lower_answer_loss():
+    greater = get_optimizer("greater")
+    tied = [{"objective": 1.0, "answer_loss": 0.9, "train_error": 1.0}, {"objective": 1.0, "answer_loss": 0.4, "train_error": 1.0}]
+    assert min(tied, key=greater(break_ties_by_answer_loss=True)._rank)["answer_loss"] == 0.4
+    assert greater()._rank(tied[0]) == greater()._rank(tied[1])  # the reference sees a tie
+    assert "selection ties broken by the answer cross-entropy" in greater(break_ties_by_answer_loss=True).options.deviations()
+    assert greater().options.deviations() == []
+
+
+def test_vocabulary_mask_is_sized_to_padded_embeddings():
+    """Hub Qwen2.x checkpoints pad the embedding matrix past the tokenizer; proposals still work."""
+    model = tiny_local_model()
+    size = len(model.tokenizer)
+    model.model.resize_token_embeddings(size + 8)
+    search = _run(model)
+    assert search.allowed.shape[0] == size + 8 and not search.allowed[size:].any()
+    candidates, _ = search.propose(search._segment(INITIAL), 1)
+    assert candidates and max(candidates) < size
