@@ -37,7 +37,7 @@ def test_reasoning_then_extractor_yields_a_parsable_answer(smollm2):
     reasoning = smollm2.chat(conversations, GenerationParams(max_new_tokens=128))
     assert all(r.completion_tokens > 0 for r in reasoning)
     continuations = [
-        smollm2.render(conversation, assistant_prefix=f"{r.text.strip()} {task.extractor}")
+        smollm2.render(conversation, assistant_prefix=f"{r.text.strip()} {task.extractor().text}")
         for conversation, r in zip(conversations, reasoning)
     ]
     answers = smollm2.complete(continuations, GenerationParams(max_new_tokens=4, stop=("\n",)))
@@ -51,11 +51,17 @@ def test_fused_answer_agrees_with_running_the_conversation_again(smollm2):
     examples = tasks.load_task_data(task).train[:8]
     conversations = [[{"role": "user", "content": f"{e.question}\nLet's think step by step."}] for e in examples]
     answer_params = GenerationParams(max_new_tokens=4, stop=("\n",))
-    fused = smollm2.chat_and_answer(conversations, GenerationParams(max_new_tokens=64), task.extractor, answer_params)
-    continuations = [smollm2.render(c, assistant_prefix=f"{r.text.strip()} {task.extractor}")
+    extractor = task.extractor().text
+    fused = smollm2.chat_and_answer(conversations, GenerationParams(max_new_tokens=64), extractor, answer_params,
+                                    choices=task.choices())
+    continuations = [smollm2.render(c, assistant_prefix=f"{r.text.strip()} {extractor}")
                      for c, r in zip(conversations, fused)]
     again = smollm2.complete(continuations, answer_params)
     fused_parsed = [task.parse_answer(r.answer.text, r.text) for r in fused]
     again_parsed = [task.parse_answer(a.text, r.text) for a, r in zip(again, fused)]
     # Only the token boundary after the reasoning (kept as generated vs. retokenized) may differ.
     assert sum(f == a for f, a in zip(fused_parsed, again_parsed)) >= 7, list(zip(fused_parsed, again_parsed))
+    choice_ids = [smollm2.answer_ids(extractor, c) for c in task.choices()]
+    again_chosen = [task.chosen(lp) for lp in smollm2.choice_loglikelihoods([smollm2.encode(t) for t in continuations], choice_ids)]
+    fused_chosen = [task.chosen(r.answer.choice_logprobs) for r in fused]
+    assert sum(f == a for f, a in zip(fused_chosen, again_chosen)) >= 7, list(zip(fused_chosen, again_chosen))
