@@ -86,6 +86,15 @@ class Greater(Optimizer):
     def schedule(self, run) -> int:
         return self.options.steps
 
+    def affordable_steps(self, max_task_calls: int, dev_rows: int) -> int:
+        """The steps a task-call budget guarantees: the initial prompt on the train rows, then
+        ``candidates_per_step`` x ``n_train`` per step, with the dev reserve kept back (the
+        final candidates and the initial prompt on ``dev_rows``). For sizing configs; a run
+        may make more (the initial prompt among the finals needs no reserve of its own)."""
+        o = self.options
+        spare = max_task_calls - o.n_train - (o.final_candidates + 1) * dev_rows
+        return max(0, min(o.steps, spare // (o.candidates_per_step * o.n_train)))
+
     def dev_candidates(self) -> int:
         return self.options.final_candidates
 

@@ -37,6 +37,9 @@ class Evaluation:
     strict_parse_rate: float = 0.0
     #: share of generated answers found after the extractor or, failing that, in the reasoning
     lenient_parse_rate: float = 0.0
+    #: accuracy of the generated answers under each rule
+    strict_accuracy: float = 0.0
+    lenient_accuracy: float = 0.0
     #: share of reasoning cut by the token limit
     truncated: float = 0.0
 
@@ -83,7 +86,8 @@ class Harness:
                                                self.answer_params, EXTRACTOR_SEPARATOR, self.choices)
         self.budget.task_usage = self.budget.task_usage + (self.model.meter.total - before)
         scored, strict, lenient = zip(*(self.answer(r) for r in reasoning))
-        correct = [a is not None and a == self.task.answer_format.canonical(e.gold) for a, (_, e) in zip(scored, rows)]
+        golds = [self.task.answer_format.canonical(e.gold) for _, e in rows]
+        correct = [a is not None and a == g for a, g in zip(scored, golds)]
         cut = [r.finish_reason == "length" for r in reasoning]
         evaluations, start = [], 0
         for _, examples in requests:
@@ -97,6 +101,8 @@ class Harness:
                 reasoning=tuple(r.text for r in reasoning[start:end]),
                 strict_parse_rate=share([a is not None for a in strict]),
                 lenient_parse_rate=share([a is not None for a in lenient]),
+                strict_accuracy=share([a == g for a, g in zip(strict, golds)]),
+                lenient_accuracy=share([a == g for a, g in zip(lenient, golds)]),
                 truncated=share(cut),
             ))
             start = end

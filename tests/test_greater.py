@@ -279,3 +279,16 @@ def test_vocabulary_mask_is_sized_to_padded_embeddings():
     assert search.allowed.shape[0] == size + 8 and not search.allowed[size:].any()
     candidates, _ = search.propose(search._segment(INITIAL), 1)
     assert candidates and max(candidates) < size
+
+
+@pytest.mark.parametrize("max_task_calls", [40, 70])
+def test_affordable_steps_are_the_steps_a_run_makes(max_task_calls):
+    """What configs are sized with (at least 12 steps in default.yaml, 125 in paper.yaml)."""
+    options = {**SMALL, "steps": 1000, "period_rule": False}  # a period winner would make a step cheaper
+    result = _greater(budget=Budget(max_task_calls), **options)
+    steps = [s for s in result["trajectory"] if s["step"] > 0]
+    greater = get_optimizer("greater")(**options)
+    guaranteed = greater.affordable_steps(max_task_calls, TERMS["n_dev"])
+    without_initial_reserve = greater.affordable_steps(max_task_calls + TERMS["n_dev"], TERMS["n_dev"])
+    assert 0 < guaranteed <= len(steps) <= without_initial_reserve
+    assert result["stopped"]["reason"] == "task_calls"

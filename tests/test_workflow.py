@@ -191,3 +191,20 @@ def test_paper_budgets_let_greater_make_the_reference_steps():
     for name, key in (("opro", "steps"), ("protegi", "rounds"), ("mapo", "rounds"), ("gpo", "epochs"),
                       ("ape", "resample_rounds")):
         assert config["optimizers"][name][key] >= 1000, f"{name}: the budget, not {key}, must end the run"
+
+
+@pytest.mark.parametrize("config_file, steps", [("config/default.yaml", 12), ("config/paper.yaml", 125)])
+def test_shipped_budgets_let_greater_make_its_steps(config_file, steps):
+    """default.yaml: GReaTer can edit every token of its 7-token start (>= 12 steps); paper.yaml: the reference's 125."""
+    import suite_config
+    import tasks
+    from optimizers.base import get_optimizer
+
+    config = yaml.safe_load((ROOT / config_file).read_text())
+    suite_config.validate_config(config)
+    greater = get_optimizer("greater")(**config["optimizers"]["greater"])
+    n_dev = config["terms"]["n_dev"]
+    for task in config["tasks"]:
+        dev = len(tasks.load_task_data(task).dev)
+        budget = suite_config.budget_for(config, task)["max_task_calls"]
+        assert greater.affordable_steps(budget, min(dev, n_dev or dev)) >= steps, (config_file, task)
