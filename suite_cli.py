@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--output", required=True, help="the result JSON (results/prompts/{task}/{model}/{optimizer}.json)")
     optimize.add_argument("--options", default="{}", help="optimizer options as a JSON object")
     optimize.add_argument("--terms", default="{}",
-                          help="the shared terms as a JSON object: initial_prompt, max_reasoning_tokens, n_dev")
+                          help="the shared terms as a JSON object: initial_prompt, max_reasoning_tokens, n_dev, extractor, "
+                               "extractor_by_model")
     optimize.add_argument("--max-task-calls", type=int, default=None, help="budget in task calls (default: none)")
     optimize.add_argument("--max-optimizer-calls", type=int, default=None, help="cap on optimizer-LLM completions")
     optimize.add_argument("--optimizer-endpoint", default=None,

@@ -84,6 +84,9 @@ def validate_config(config: dict) -> dict:
         if len(message) > 300:  # a oneOf over whole sub-schemas: point at the key, not the schema
             message = f"{str(error.instance)[:80]!r} does not match any allowed form ({error.schema.get('description', '')})"
         raise ConfigError(f"{_path(error)}: {message}")
+    from optimizers.contract import Terms
+
+    config["terms"] = Terms(**config.get("terms", {})).model_dump(mode="json")  # every default, from one place
     if local_optimizer_model(config):
         get_model_spec(local_optimizer_model(config))
     local = set(config["models"]) | set(config.get("transfer_targets", []))

@@ -110,9 +110,9 @@ def test_budgets_resolve_per_task_then_family_then_globally():
 def test_shared_terms_and_budgets_reach_every_optimize_job(tmp_path):
     config = yaml.safe_load(BASE) | {
         "tasks": ["navigate", "gsm8k"], "optimizers": {"opro": {}, "greater": {}},
-        "terms": {"initial_prompt": "Go.", "max_reasoning_tokens": 77, "n_dev": 5},
+        "terms": {"initial_prompt": "Go.", "max_reasoning_tokens": 77, "n_dev": 5, "extractor_by_model": {"qwen2.5-coder-0.5b": "plain"}},
         "budget": {"max_task_calls": 100, "families": {"gsm8k": {"max_task_calls": 300}}},
-        "optimizer_llm": {"model": "qwen2.5-coder-0.5b"}}
+        "optimizer_llm": {"model": "qwen2.5-coder-0.5b"}, "transfer_targets": ["qwen2.5-coder-0.5b"]}
     path = tmp_path / "terms.yaml"
     path.write_text(yaml.safe_dump(config))
     result = _dry_run("--configfile", str(path), "--printshellcmds")
@@ -123,8 +123,12 @@ def test_shared_terms_and_budgets_reach_every_optimize_job(tmp_path):
         assert '"initial_prompt": "Go."' in command and '"max_reasoning_tokens": 77' in command
         assert ("--max-task-calls 300" in command) == (" gsm8k " in command)
         assert ("--optimizer-model qwen2.5-coder-0.5b" in command) == (" opro " in command)
-    evaluate = next(line for line in result.output.splitlines() if "suite_cli evaluate" in line)
-    assert "--max-reasoning-tokens 77" in evaluate
+        assert '"extractor": "dollar"' in command and '"extractor_by_model": {"qwen2.5-coder-0.5b": "plain"}' in command
+    evaluates = [line for line in result.output.splitlines() if "suite_cli evaluate" in line]
+    assert len(evaluates) == 4 and all("--max-reasoning-tokens 77" in line for line in evaluates)
+    for line in evaluates:  # each target model is evaluated with its own extractor variant
+        assert ("--extractor plain" in line) == (" qwen2.5-coder-0.5b " in line), line
+        assert ("--extractor dollar" in line) == (" smollm2-135m " in line), line
     assert re.search(r"prepare_model\s+2\b", result.output)  # the optimizer LLM is prepared too
 
 
