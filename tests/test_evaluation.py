@@ -1,5 +1,6 @@
 """Evaluation through lm-eval (two passes, the suite's parser as a filter) and the report."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -155,3 +156,38 @@ def test_scoring_counts_correct_answers(tmp_path):
     assert result["accuracy"] == expected and result["accuracy_without_extractor"] == expected
     assert result["strict_accuracy"] == expected and result["lenient_accuracy"] == expected
     assert result["parse_rate"] == 1.0 and result["strict_parse_rate"] == 1.0
+
+
+def test_base_models_are_evaluated_in_the_plain_layout_they_are_optimized_in(tmp_path):
+    """No chat template: the reasoning pass reads "Question: ... Answer:", the answer pass continues
+    it as plain text (no gen_prefix), and the reasoning is cut at the next "Question:"."""
+    from lm_eval.models.huggingface import HFLM
+
+    from tasks.prompt_slot import PLAIN_STOP
+
+    model = tiny_local_model(chat=False)
+    lm = HFLM(pretrained=model.model, tokenizer=model.tokenizer, batch_size=4, device="cpu")
+    task = tasks.get_task("navigate")
+    examples = load_test_examples("navigate")[:2]
+    evaluate_cells(lm, task, examples, [PromptCell("base", "Be careful.")], tmp_path, 4, chat=False,
+                   reasoning_stop=PLAIN_STOP)
+    reasoning_docs = [json.loads(line) for line in (tmp_path / "base" / "reasoning.jsonl").read_text().splitlines()]
+    answer_docs = [json.loads(line) for line in (tmp_path / "base" / "answer.jsonl").read_text().splitlines()]
+    for example, doc, answer in zip(examples, reasoning_docs, answer_docs):
+        assert doc["context"] == model.render([{"role": "user", "content": f"{example.question}\nBe careful."}])
+        assert answer["gen_prefix"] is None
+        assert answer["context"] == model.render([{"role": "user", "content": f"{example.question}\nBe careful."}],
+                                                 f"{answer['reasoning'].strip()} {task.extractor().text}".strip())
+    reasoning_config = (tmp_path / "suite_reasoning_navigate_base.yaml").read_text()
+    assert "Question:" in reasoning_config.split("until:")[1].split("max_gen_toks")[0]  # the stop rule
+    assert "gen_prefix" not in (tmp_path / "suite_answer_navigate_base.yaml").read_text()
+
+
+def test_build_lm_reads_whether_the_target_has_a_chat_template():
+    from evaluation.run import build_lm
+    from model_engine.registry import get_model_spec, register_model
+
+    smollm2 = get_model_spec("smollm2-135m")
+    base = register_model(dataclasses.replace(smollm2, name="smollm2-135m-read-as-base", chat=False))
+    assert build_lm("hf", smollm2.name)[1]["chat"] is True
+    assert build_lm("hf", base.name)[1]["chat"] is False
