@@ -113,20 +113,21 @@ def _safe(name: str) -> str:
 
 def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, max_reasoning_tokens: int,
                    extractor: Extractor | None = None, chat: bool = True, reasoning_stop: tuple[str, ...] = (),
-                   response_cache: Path | None = None, tokenizer=None) -> dict[str, dict]:
+                   response_cache: Path | None = None, tokenizer=None, likelihood: bool = True) -> dict[str, dict]:
     """Run both passes for every cell on ``examples`` (test rows); one result per cell name.
 
     ``extractor`` is the target model's variant (``terms.extractor_for``); ``chat`` says
     whether the target has a chat template (a base model reads the plain layout, as in
     optimization, and its reasoning ends at ``reasoning_stop``). ``response_cache`` (a
     path prefix) is lm-eval's own response cache (``use_cache``). With ``tokenizer``, the
-    share of reasoning cut by the token limit is reported.
+    share of reasoning cut by the token limit is reported. Without ``likelihood`` (chat
+    completion endpoints give no log-likelihoods) the written answer is the score.
     """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     extractor = extractor or task.extractor()
-    choices = task.choices(extractor.variant)
+    choices = task.choices(extractor.variant) if likelihood else None
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _write_filters(workdir)

@@ -118,7 +118,8 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
     results = evaluate_cells(lm, task, examples, [PromptCell(name, r["prompt"]) for name, (_, r) in cells.items()],
                              Path(workdir), max_reasoning_tokens, extractor=task.extractor(extractor_variant), chat=chat,
                              reasoning_stop=() if chat else PLAIN_STOP, response_cache=response_cache,
-                             tokenizer=getattr(lm, "tokenizer", None))
+                             tokenizer=getattr(lm, "tokenizer", None),
+                             likelihood=target_description.get("backend") != "endpoint")
     written = []
     for name, (path, record) in cells.items():
         result = results[name]

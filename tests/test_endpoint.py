@@ -118,9 +118,11 @@ def test_lm_eval_local_chat_completions_evaluates_prompts_on_the_server(real_ser
     assert description == {"backend": "endpoint", **endpoint}
     task = tasks.get_task("navigate")
     examples = load_test_examples("navigate")[:2]
+    # chat completions give no log-likelihoods: the written answer is the score (as evaluate_prompt_files sets it)
     results = evaluate_cells(lm, task, examples, [PromptCell("served__manual", "Let's think step by step.")],
-                             tmp_path, max_reasoning_tokens=24)
+                             tmp_path, max_reasoning_tokens=24, likelihood=False)
     result = results["served__manual"]
+    assert result["answer_step"] == "generated" and result["accuracy"] == result["lenient_accuracy"]
     assert result["n"] == 2 and [s["id"] for s in result["samples"]] == [e.id for e in examples]
     assert all(s["reasoning"].strip() for s in result["samples"])  # the server wrote the reasoning
     assert all(s["answer"] in ("Yes", "No", "[invalid]") for s in result["samples"])
