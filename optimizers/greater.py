@@ -87,13 +87,14 @@ class Greater(Optimizer):
         return self.options.steps
 
     def affordable_steps(self, max_task_calls: int, dev_rows: int) -> int:
-        """The steps a task-call budget guarantees: the initial prompt on the train rows, then
-        ``candidates_per_step`` x ``n_train`` per step, with the dev reserve kept back (the
-        final candidates and the initial prompt on ``dev_rows``). For sizing configs; a run
-        may make more (the initial prompt among the finals needs no reserve of its own)."""
+        """The steps a task-call budget guarantees, for sizing configs: the initial prompt on
+        the train rows, then at most (``candidates_per_step`` + 1) x ``n_train`` per step (the
+        candidates, and the current prompt's rollouts when it has grown by a placeholder),
+        with the dev reserve kept back (the final candidates and the initial prompt on
+        ``dev_rows``). A run may make more steps."""
         o = self.options
         spare = max_task_calls - o.n_train - (o.final_candidates + 1) * dev_rows
-        return max(0, min(o.steps, spare // (o.candidates_per_step * o.n_train)))
+        return max(0, min(o.steps, spare // ((o.candidates_per_step + 1) * o.n_train)))
 
     def dev_candidates(self) -> int:
         return self.options.final_candidates

@@ -287,8 +287,8 @@ def test_affordable_steps_are_the_steps_a_run_makes(max_task_calls):
     options = {**SMALL, "steps": 1000, "period_rule": False}  # a period winner would make a step cheaper
     result = _greater(budget=Budget(max_task_calls), **options)
     steps = [s for s in result["trajectory"] if s["step"] > 0]
-    greater = get_optimizer("greater")(**options)
-    guaranteed = greater.affordable_steps(max_task_calls, TERMS["n_dev"])
-    without_initial_reserve = greater.affordable_steps(max_task_calls + TERMS["n_dev"], TERMS["n_dev"])
-    assert 0 < guaranteed <= len(steps) <= without_initial_reserve
+    guaranteed = get_optimizer("greater")(**options).affordable_steps(max_task_calls, TERMS["n_dev"])
+    n_train, candidates, finals = SMALL["n_train"], 3, SMALL["final_candidates"]
+    at_most = (max_task_calls - n_train - finals * TERMS["n_dev"]) // (candidates * n_train)  # no growth, no initial reserve
+    assert 0 < guaranteed <= len(steps) <= at_most
     assert result["stopped"]["reason"] == "task_calls"
