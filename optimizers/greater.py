@@ -114,7 +114,9 @@ class Greater(Optimizer):
     def step(self, run, state) -> None:
         search, o = self.search, self.options
         prompt, pos = list(state["prompt"]), state["pos"]
-        cost = o.candidates_per_step * len(search.examples)
+        ids = [e.id for e in search.examples]
+        # the candidates, and the current prompt's own rollouts when it has just grown by a placeholder
+        cost = o.candidates_per_step * len(ids) + len(run.budget.uncharged(prompt, ids))
         if not run.budget.can_afford(cost + run.reserve()):
             run.stop("task_calls", f"the next step needs {cost} task calls and {run.reserve()} are reserved for dev; "
                                    f"{run.budget.remaining_task_calls()} remain")
