@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from tasks.extractors import Extractor
-from tasks.prompt_slot import answer_prefix, plain_context, user_message
+from tasks.prompt_slot import PLAIN_STOP, answer_prefix, plain_context, user_message
 
 INVALID = "[invalid]"
 ANSWER_TOKENS = 8
@@ -112,13 +112,12 @@ def _safe(name: str) -> str:
 
 
 def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, max_reasoning_tokens: int,
-                   extractor: Extractor | None = None, chat: bool = True, reasoning_stop: tuple[str, ...] = (),
-                   response_cache: Path | None = None, tokenizer=None, likelihood: bool = True) -> dict[str, dict]:
+                   extractor: Extractor | None = None, chat: bool = True, response_cache: Path | None = None, tokenizer=None, likelihood: bool = True) -> dict[str, dict]:
     """Run both passes for every cell on ``examples`` (test rows); one result per cell name.
 
     ``extractor`` is the target model's variant (``terms.extractor_for``); ``chat`` says
     whether the target has a chat template (a base model reads the plain layout, as in
-    optimization, and its reasoning ends at ``reasoning_stop``). ``response_cache`` (a
+    optimization, and its reasoning ends at the next question, ``PLAIN_STOP``). ``response_cache`` (a
     path prefix) is lm-eval's own response cache (``use_cache``). With ``tokenizer``, the
     share of reasoning cut by the token limit is reported. Without ``likelihood`` (chat
     completion endpoints give no log-likelihoods) the written answer is the score.
@@ -128,6 +127,7 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
 
     extractor = extractor or task.extractor()
     choices = task.choices(extractor.variant) if likelihood else None
+    reasoning_stop = () if chat else PLAIN_STOP
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _write_filters(workdir)
@@ -187,10 +187,10 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
     for cell in cells:
         n = len(examples)
         generated = second["samples"][answer_tasks[cell.name]]
-        strict = [_unwrap(s["filtered_resps"]) for s in _by_filter(generated, "strict")]
-        lenient_samples = _by_filter(generated, "lenient")
+        strict_samples, lenient_samples = _by_filter(generated, "strict"), _by_filter(generated, "lenient")
+        strict = [_unwrap(s["filtered_resps"]) for s in strict_samples]
         lenient = [_unwrap(s["filtered_resps"]) for s in lenient_samples]
-        for label, parsed, rows in (("strict", strict, _by_filter(generated, "strict")), ("lenient", lenient, lenient_samples)):
+        for label, parsed, rows in (("strict", strict, strict_samples), ("lenient", lenient, lenient_samples)):
             if [bool(s["exact_match"]) for s in rows] != [p == g for p, g in zip(parsed, golds)]:
                 raise RuntimeError(f"lm-eval's exact match disagrees with the {label} answers for {cell.name}")
         if choices:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from evaluation.lmeval import PromptCell, evaluate_cells
 from tasks.extractors import DEFAULT_VARIANT
-from tasks.prompt_slot import PLAIN_STOP
 from model_engine.provenance import environment, write_json_atomic
 from model_engine.sources import DEFAULT_CACHE_DIR
 from optimizers.base import validate_result
@@ -117,7 +116,7 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
     chat = target_description.get("chat", True)
     results = evaluate_cells(lm, task, examples, [PromptCell(name, r["prompt"]) for name, (_, r) in cells.items()],
                              Path(workdir), max_reasoning_tokens, extractor=task.extractor(extractor_variant), chat=chat,
-                             reasoning_stop=() if chat else PLAIN_STOP, response_cache=response_cache,
+                             response_cache=response_cache,
                              tokenizer=getattr(lm, "tokenizer", None),
                              likelihood=target_description.get("backend") != "endpoint")
     written = []

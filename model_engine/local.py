@@ -138,9 +138,7 @@ class LocalModel(Backend):
                 need_text = [k for k, i in enumerate(unfinished) if done[i].answer is None]
                 texts = dict(zip(need_text, self._generate_encoded([contexts[k] for k in need_text], answer_params)))
                 for k, i in enumerate(unfinished):
-                    answer = texts.get(k, done[i].answer)
-                    if k in texts:
-                        answer = replace(answer, prompt_tokens=len(contexts[k]))
+                    answer = done[i].answer if k not in texts else replace(texts[k], prompt_tokens=len(contexts[k]))
                     done[i] = replace(done[i], answer=replace(answer, choice_logprobs=scores[k]))
             return done
 

@@ -67,15 +67,12 @@ class GreaterOptions(OptimizerOptions):
                            "(dev and test read the text, so they would score other tokens)")
 
     def deviations(self) -> list[str]:
-        named = {
-            "restricted_error": "training error decided among the valid answers only",
-            "break_ties_by_answer_loss": "selection ties broken by the answer cross-entropy",
-            "roundtrip_filter": "candidates that do not re-tokenize to the same ids are dropped",
-            "accept": "a candidate replaces the token only when it improves the objective",
-        }
-        changed = [name for name in ("restricted_error", "break_ties_by_answer_loss", "roundtrip_filter") if getattr(self, name)]
-        changed += ["accept"] if self.accept == "improvement" else []
-        return [named[name] for name in changed]
+        return [text for on, text in (
+            (self.restricted_error, "training error decided among the valid answers only"),
+            (self.break_ties_by_answer_loss, "selection ties broken by the answer cross-entropy"),
+            (self.roundtrip_filter, "candidates that do not re-tokenize to the same ids are dropped"),
+            (self.accept == "improvement", "a candidate replaces the token only when it improves the objective"),
+        ) if on]
 
 
 @register_optimizer("greater")

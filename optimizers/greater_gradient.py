@@ -152,8 +152,8 @@ class GradientSearch:
 
     def _choice_first_tokens(self, run) -> list[int]:
         """The first token of every valid answer after the extractor (``restricted_error``)."""
-        choices = self.task.choices(run.extractor_variant)
-        if choices is None:
+        choices = run.harness.choices
+        if not choices:
             raise OptionError(f"greater: restricted_error needs a closed answer set; {self.task.name} has open answers")
         firsts = [self.model.answer_ids(self.extractor.text, choice)[0] for choice in choices]
         if len(set(firsts)) < len(firsts):
@@ -319,7 +319,7 @@ class GradientSearch:
             return bool((answer_logits.argmax(dim=-1) != gold).any())
         firsts = torch.tensor(self.choice_firsts, device=answer_logits.device)
         picked = self.choice_firsts[int(answer_logits[0, firsts].argmax())]
-        return picked != int(gold[0]) or int(gold[0]) not in self.choice_firsts
+        return picked != int(gold[0])
 
     # ---- 5. candidate evaluation ---------------------------------------------------------------
     def evaluate(self, prompts: list[list[int]], previous: list[int]) -> list[dict]:

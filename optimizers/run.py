@@ -52,8 +52,8 @@ class Run:
         self.dev = list(self.data.dev[: self.terms.n_dev] if self.terms.n_dev else self.data.dev)
         if not self.dev and not optimizer.fixed:
             raise OptionError(f"{self.task.name} has no dev rows for the final choice")
-        self.extractor_variant = self.terms.extractor_for(describe_model(self.model)["name"])
-        self.harness = Harness(self.task, self.model, self.budget, self.terms.max_reasoning_tokens, self.extractor_variant)
+        self.harness = Harness(self.task, self.model, self.budget, self.terms.max_reasoning_tokens,
+                               self.terms.extractor_for(self.model.spec.name))
         self.optimizer_backend = None
         self.llm = None
         if optimizer.uses_optimizer_llm:

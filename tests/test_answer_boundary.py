@@ -88,9 +88,7 @@ def lm_eval_ids(model, task, example, variant, tmp_path):
 
     lm.tok_batch_encode, lm._loglikelihood_tokens = spy_encode, spy_loglikelihood
     evaluate_cells(lm, task, [example], [PromptCell("cell", "Let's think step by step.")], tmp_path, 3,
-                   extractor=task.extractor(variant), chat=model.uses_chat_template,
-                   reasoning_stop=model.reasoning_stop if not model.uses_chat_template else (),
-                   response_cache=None)
+                   extractor=task.extractor(variant), chat=model.uses_chat_template, response_cache=None)
     assert model.uses_chat_template or model.reasoning_stop == PLAIN_STOP
     extractor_text = task.extractor(variant).text
     answer_contexts = [(s, ids) for s, ids in encoded if s.rstrip().endswith(extractor_text.rstrip())]

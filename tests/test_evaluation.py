@@ -163,14 +163,11 @@ def test_base_models_are_evaluated_in_the_plain_layout_they_are_optimized_in(tmp
     it as plain text (no gen_prefix), and the reasoning is cut at the next "Question:"."""
     from lm_eval.models.huggingface import HFLM
 
-    from tasks.prompt_slot import PLAIN_STOP
-
     model = tiny_local_model(chat=False)
     lm = HFLM(pretrained=model.model, tokenizer=model.tokenizer, batch_size=4, device="cpu")
     task = tasks.get_task("navigate")
     examples = load_test_examples("navigate")[:2]
-    evaluate_cells(lm, task, examples, [PromptCell("base", "Be careful.")], tmp_path, 4, chat=False,
-                   reasoning_stop=PLAIN_STOP)
+    evaluate_cells(lm, task, examples, [PromptCell("base", "Be careful.")], tmp_path, 4, chat=False)
     reasoning_docs = [json.loads(line) for line in (tmp_path / "base" / "reasoning.jsonl").read_text().splitlines()]
     answer_docs = [json.loads(line) for line in (tmp_path / "base" / "answer.jsonl").read_text().splitlines()]
     for example, doc, answer in zip(examples, reasoning_docs, answer_docs):
