@@ -34,3 +34,18 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+# A failed job must not cost the whole report: once the other jobs are done (run with
+# --keep-going), the tables and plots are built from the evaluation files that exist, and
+# the missing ones are listed in results/tables/missing.md.
+onerror:
+    shell(
+        "mkdir -p logs/report && python -m suite_cli report --allow-missing --eval-files {files} "
+        "--prompt-files {prompts} > logs/report/partial.log 2>&1 "
+        "&& echo 'partial report: results/tables (missing cells in results/tables/missing.md)' "
+        "|| echo 'no partial report (see logs/report/partial.log)'".format(
+            files=" ".join(get_eval_files()),
+            prompts=" ".join(expand(PROMPT_FILE, task=TASKS, source=MODELS, method=METHODS, seed=SEEDS)),
+        )
+    )

@@ -160,8 +160,17 @@ def _evaluate(args) -> None:
 
 def _report(args) -> None:
     from evaluation.report import build_report
+    from suite_errors import SuiteError
 
-    for path in build_report(args.eval_files, args.prompt_files, args.tables_dir, args.plots_dir):
+    eval_files, prompt_files = args.eval_files or [], args.prompt_files or []
+    if args.results_dir:  # whatever exists under a results folder
+        root = Path(args.results_dir)
+        eval_files += sorted(str(p) for p in root.glob("eval/*/*/*/seed*/*.json"))
+        prompt_files += sorted(str(p) for p in root.glob("prompts/*/*/*/seed*.json"))
+    if not eval_files:
+        raise SuiteError("report: no evaluation files (give --eval-files or --results-dir)")
+    for path in build_report(eval_files, prompt_files, args.tables_dir, args.plots_dir, args.pages_dir,
+                             allow_missing=args.allow_missing):
         print(f"wrote {path}")
 
 
@@ -192,7 +201,7 @@ def _manual_prompt(args) -> None:
         trajectory=[TrajectoryStep(step=0, prompt=prompt, task_calls=0, optimizer_calls=0)],
         stopped=Stopped(reason="fixed", detail="a hand-written prompt", task_calls=0, optimizer_calls=0),
         budget=BudgetRecord(task_calls=0, optimizer_calls=0),
-        provenance=Provenance(seed=0, model={"name": args.model, "checksum": "none: hand-written prompt"},
+        provenance=Provenance(seed=args.seed, model={"name": args.model, "checksum": "none: hand-written prompt"},
                               environment=environment(), prompts_file=args.prompts,
                               prompts_file_sha256=hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest()),
     )
@@ -274,15 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.set_defaults(run=_evaluate)
     report = commands.add_parser("report", help="tables (CSV, Markdown, LaTeX) and plots from evaluation files")
-    report.add_argument("--eval-files", nargs="+", required=True)
-    report.add_argument("--prompt-files", nargs="+", required=True)
+    report.add_argument("--eval-files", nargs="+", help="evaluation files (.json beside their .samples.jsonl)")
+    report.add_argument("--prompt-files", nargs="+", help="the prompt files the evaluations came from")
+    report.add_argument("--results-dir", help="report on every evaluation and prompt file under this folder")
+    report.add_argument("--allow-missing", action="store_true",
+                        help="list absent evaluation files as missing cells instead of failing (partial results)")
     report.add_argument("--tables-dir", default="results/tables")
     report.add_argument("--plots-dir", default="results/plots")
+    report.add_argument("--pages-dir", default="results/pages", help="the sample browser's HTML pages")
     report.set_defaults(run=_report)
     manual = commands.add_parser("manual-prompt", help="the prompt contract from hand-written prompts (an external method)")
     manual.add_argument("task")
     manual.add_argument("model")
     manual.add_argument("prompts", help="YAML: task name (or 'default') -> prompt")
+    manual.add_argument("--seed", type=int, default=0, help="the replicate this file stands for (the prompt is fixed)")
     manual.add_argument("--output", required=True)
     manual.set_defaults(run=_manual_prompt)
     commands.add_parser("optimizers", help="list the registered optimizers and their options").set_defaults(

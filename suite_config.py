@@ -67,6 +67,8 @@ def validate_config(config: dict) -> dict:
         value = config.get(key)
         return list(value) if isinstance(value, (list, dict)) else []
 
+    if "seed" in config:
+        raise ConfigError(f"seed: replaced by seeds, a list of replicate seeds (e.g. seeds: [{config['seed']}])")
     for name in names("tasks"):
         tasks.get_task(name)
     for name in names("models") + names("transfer_targets"):

@@ -7,7 +7,8 @@ For each model x task x extractor variant x reasoning limit, the shared harness 
   most likely after the extractor; open answers: the written answer, lenient);
 - the written answer after the extractor: strict parse rate and accuracy (the answer
   must open the continuation), lenient ones (the parser may fall back to the reasoning);
-- the share of reasoning cut by the token limit, and its mean length in tokens.
+- the share of reasoning cut by the token limit, and its mean length in tokens;
+- the share of the most common gold answer among the rows (what always giving it scores).
 
 Writes results/benchmarks/answer_step.json.
     python -m benchmarks.answer_step [--models smollm2-135m qwen2.5-coder-0.5b]
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,8 +48,10 @@ def measure(model, task_name: str, variant: str, limit: int, rows: int) -> dict:
     evaluation = harness.evaluate(DEFAULT_INITIAL_PROMPT, examples)
     seconds = time.perf_counter() - started
     tokens = [len(model.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in evaluation.reasoning]
+    golds = Counter(example.gold for example in examples)
     return {
         "model": model.spec.name, "task": task_name, "variant": variant, "limit": limit, "rows": len(examples),
+        "majority": golds.most_common(1)[0][1] / len(examples),
         "answer_step": "choice" if harness.choices else "generated", "accuracy": evaluation.accuracy,
         "strict_parse_rate": evaluation.strict_parse_rate, "strict_accuracy": evaluation.strict_accuracy,
         "lenient_parse_rate": evaluation.lenient_parse_rate, "lenient_accuracy": evaluation.lenient_accuracy,
@@ -68,7 +72,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     results = []
-    header = f"{'model':20} {'task':22} {'variant':7} {'limit':>5} {'acc':>5} {'strict':>6} {'s.acc':>5} " \
+    header = f"{'model':20} {'task':22} {'variant':7} {'limit':>5} {'acc':>5} {'major':>5} {'strict':>6} {'s.acc':>5} " \
              f"{'lenient':>7} {'l.acc':>5} {'cut':>5} {'tokens':>6} {'s':>5}"
     print(header)
     for model_name in args.models:
@@ -80,7 +84,7 @@ def main() -> None:
                     r = measure(model, task_name, variant, limit, args.rows)
                     results.append(r)
                     print(f"{r['model']:20} {r['task']:22} {r['variant']:7} {r['limit']:5d} {r['accuracy']:5.2f} "
-                          f"{r['strict_parse_rate']:6.2f} {r['strict_accuracy']:5.2f} {r['lenient_parse_rate']:7.2f} "
+                          f"{r['majority']:5.2f} {r['strict_parse_rate']:6.2f} {r['strict_accuracy']:5.2f} {r['lenient_parse_rate']:7.2f} "
                           f"{r['lenient_accuracy']:5.2f} {r['truncated']:5.2f} {r['mean_reasoning_tokens']:6.0f} "
                           f"{r['seconds']:5.0f}", flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -205,7 +205,7 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
         single_pass = _by_filter(first["samples"][reasoning_tasks[cell.name]], "in_reasoning")
         reasoning = reasoning_of[cell.name]
         accuracy = sum(correct) / n
-        per_sample = [{"id": e.id, "gold": g, "answer": a, "correct": c, "strict": st, "lenient": le,
+        per_sample = [{"id": e.id, "question": e.question, "gold": g, "answer": a, "correct": c, "strict": st, "lenient": le,
                        "choice_logprobs": lp, "reasoning": r, "continuation": s["resps"][0][0]}
                       for e, g, a, c, st, le, lp, r, s in zip(examples, golds, answers, correct, strict, lenient,
                                                              choice_logprobs, reasoning, lenient_samples)]

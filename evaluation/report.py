@@ -1,71 +1,204 @@
-"""Tables (CSV, Markdown, LaTeX) and plots (PNG) from the evaluation and prompt files.
+"""Tables, plots and HTML pages from the evaluation and prompt files, with intervals and paired differences.
 
-Tables:
-- ``main``: method x (GSM8K, BBH average, FOLIO) per model, same-model cells (the paper's main table);
-- ``per_task``: method x task per model, same-model cells;
-- ``transfer``: method and source model x target model, averaged over tasks (the transfer table);
-- ``budget``: per method and model, task calls spent as a share of the budget, the stop reasons,
-  optimizer calls, tokens and seconds per run.
-Plots: accuracy against task calls (from the trajectories, one line style per split the score
-was measured on), a transfer heatmap, per-task bars.
+Every number comes from the per-row verdicts of the ``.samples.jsonl`` files, so each cell
+carries its interval and each method its paired difference from zero-shot CoT on the same
+test rows (``evaluation.stats``). Tables (CSV with every number, Markdown, LaTeX and HTML
+with the formatted cells):
+
+- ``main``: method x (GSM8K, BBH average, FOLIO) per task model, same-model cells (the paper's main table);
+- ``main_vs_cot``: the same cells as differences from zero-shot CoT;
+- ``per_task`` and ``per_task_vs_cot``: method x task per task model, same-model cells;
+- ``transfer`` and ``transfer_vs_cot``: method and source model x target model (the average over tasks),
+  the latter as differences from the target's own zero-shot CoT;
+- ``scores``: the headline answer beside the strict and lenient written answers (accuracy, parse rate);
+- ``budget``: per method and model, the share of the budget spent, the stop reasons, calls, tokens, seconds;
+- ``prompts``: the chosen prompt of every method x task x model x seed;
+- ``missing``: expected evaluation files that are not there (partial results).
+
+Plots: accuracy against task calls during optimization; the difference from zero-shot CoT
+per task (diverging colours, intervals); transfer accuracy and transfer differences; per-task
+accuracy with intervals; test accuracy against task calls and task-model tokens (Pareto).
+A sample browser shows a few test rows of every cell.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from evaluation import stats
+from suite_errors import SuiteError
 from tasks import get_task
 
-TABLES = ("main", "per_task", "transfer", "budget")
+log = logging.getLogger(__name__)
+
+BASELINE = "zero_shot_cot"
+TABLES = ("main", "main_vs_cot", "per_task", "per_task_vs_cot", "transfer", "transfer_vs_cot", "scores", "budget",
+          "prompts", "missing")
+PLOTS = ("accuracy_vs_task_calls", "vs_cot_per_task", "transfer_heatmap", "transfer_vs_cot", "per_task_accuracy",
+         "pareto")
 _COLUMN_OF_FAMILY = {"gsm8k": "GSM8K", "bbh": "BBH average", "folio": "FOLIO"}
+_MARK = "*"
+_CAPTIONS = {
+    "main": "Test accuracy (%) of same-model cells (the prompt optimized and tested on the same model); family "
+            "columns average the tasks with equal weight. In brackets: the {interval}.",
+    "main_vs_cot": "Difference from zero-shot CoT in test accuracy (points), paired on the same test rows. In "
+                   "brackets: the {interval}. {mark} marks a difference whose interval excludes 0 (one-task cells "
+                   "with one seed: McNemar's exact test, p < 0.05).",
+    "per_task": "Test accuracy (%) per task of same-model cells. In brackets: the {interval}.",
+    "per_task_vs_cot": "Difference from zero-shot CoT per task (points), paired on the same test rows. In brackets: "
+                       "the {interval}. {mark}: McNemar's exact test p < 0.05 (one seed), else the interval excludes 0.",
+    "transfer": "Test accuracy (%) of prompts optimized on the source model (rows) and tested on the target model "
+                "(columns), the equal-weight average over tasks. In brackets: the {interval}.",
+    "transfer_vs_cot": "Transfer as the difference from the target model's own zero-shot CoT (points), paired on "
+                       "the same test rows. In brackets: the {interval}. {mark}: the interval excludes 0.",
+    "scores": "Three readings of the same answers (%): the headline (closed answer sets: the valid answer the model "
+              "finds most likely after the extractor; otherwise the lenient written answer), the strict written "
+              "answer (it must open the text after the extractor) and the lenient one (the parser may fall back "
+              "to the reasoning), each with its parse rate; and the share of reasoning cut by the token limit.",
+    "budget": "What each optimization run spent, averaged over tasks and seeds: task calls as a share of the "
+              "budget, the stop reasons, optimizer calls, tokens and seconds.",
+    "prompts": "The prompt each method chose, per task, task model and seed.",
+    "missing": "Expected evaluation files that do not exist (a failed or unfinished job): their cells are left "
+               "out of every table above.",
+}
 
 
-def load_evaluations(eval_files: list[str | Path]) -> pd.DataFrame:
-    rows = []
-    for path in eval_files:
-        record = json.loads(Path(path).read_text())
-        rows.append({"task": record["task"], "family": get_task(record["task"]).family,
-                     "method": record["optimizer"], "source": record["source_model"], "target": record["target_model"],
-                     "accuracy": record["accuracy"], "n": record["n"], "parse_rate": record["parse_rate"]})
+@dataclass
+class Results:
+    """Evaluation cells (one row per file) and their per-row verdicts."""
+
+    cells: pd.DataFrame
+    #: (task, method, source, target) -> seeds x test-row ids, 1 where the headline answer is right
+    verdicts: dict[tuple, pd.DataFrame]
+    samples: dict[tuple, list[dict]]  # (task, method, source, target, seed) -> the samples file's rows
+    missing: list[str] = field(default_factory=list)
+
+
+def load_results(eval_files, allow_missing: bool = False) -> Results:
+    """Read evaluation files and their samples; with ``allow_missing``, absent files are listed, not fatal."""
+    rows, verdict_rows, samples, missing = [], [], {}, []
+    for path in map(Path, eval_files):
+        if not path.exists() and allow_missing:
+            missing.append(str(path))
+            continue
+        try:
+            record = json.loads(path.read_text())
+            samples_path = path.parent / record["samples_file"]
+            lines = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
+        except (OSError, KeyError, json.JSONDecodeError) as error:
+            raise SuiteError(f"Cannot read evaluation file {path} or its samples: {error}") from None
+        key = (record["task"], record["optimizer"], record["source_model"], record["target_model"])
+        seed = record.get("seed", 0)
+        samples[(*key, seed)] = lines
+        rows.append({"task": record["task"], "family": get_task(record["task"]).family, "method": record["optimizer"],
+                     "source": record["source_model"], "target": record["target_model"], "seed": seed,
+                     "prompt": record["prompt"], "n": record["n"], "accuracy": record["accuracy"],
+                     "answer_step": record.get("answer_step", "generated"),
+                     "strict_accuracy": record.get("strict_accuracy"),
+                     "strict_parse_rate": record.get("strict_parse_rate"),
+                     "lenient_accuracy": record.get("lenient_accuracy"),
+                     "lenient_parse_rate": record.get("lenient_parse_rate"), "truncated": record.get("truncated")})
+        verdict_rows += [(*key, seed, s["id"], float(s["correct"])) for s in lines]
     if not rows:
-        raise ValueError("No evaluation files given")
+        raise SuiteError("No evaluation files to report on" + (f" ({len(missing)} expected, none exist)" if missing else ""))
+    frame = pd.DataFrame(verdict_rows, columns=["task", "method", "source", "target", "seed", "id", "correct"])
+    verdicts = {key: group.pivot(index="seed", columns="id", values="correct").dropna(axis=1)
+                for key, group in frame.groupby(["task", "method", "source", "target"])}
+    return Results(pd.DataFrame(rows), verdicts, samples, missing)
+
+
+def load_prompts(prompt_files) -> list[dict]:
+    return [json.loads(Path(p).read_text()) for p in prompt_files if Path(p).exists()]
+
+
+# ---------------------------------------------------------------- statistics per cell
+
+
+def _paired(method: pd.DataFrame, baseline: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The two verdict matrices on their common test rows, in one order."""
+    ids = method.columns.intersection(baseline.columns)
+    return method[ids].to_numpy(), baseline[ids].to_numpy()
+
+
+def _baseline_for(results: Results, task: str, target: str) -> pd.DataFrame | None:
+    """Zero-shot CoT's verdicts on ``target``: its own cell, else (the prompt is the same) any source's."""
+    own = results.verdicts.get((task, BASELINE, target, target))
+    if own is not None:
+        return own
+    return next((v for (t, m, _, tg), v in results.verdicts.items() if (t, m, tg) == (task, BASELINE, target)), None)
+
+
+def _row(estimate: stats.Estimate | None, prefix: str) -> dict:
+    if estimate is None:
+        return {prefix: None, f"{prefix}_low": None, f"{prefix}_high": None}
+    row = {prefix: 100 * estimate.value, f"{prefix}_low": 100 * estimate.low, f"{prefix}_high": 100 * estimate.high}
+    if estimate.p_value is not None or prefix != "accuracy":
+        row[f"{prefix}_p"] = estimate.p_value
+        row[f"{prefix}_significant"] = estimate.significant
+    return row
+
+
+def _group_estimates(results: Results, tasks: list[str], method: str, source: str, target: str) -> dict:
+    """Accuracy over ``tasks`` (equal weight) and the paired difference from the target's zero-shot CoT."""
+    cells = [results.verdicts[(t, method, source, target)] for t in tasks]
+    accuracy = stats.family_accuracy([c.to_numpy() for c in cells]) if len(cells) > 1 else \
+        stats.accuracy(cells[0].to_numpy())
+    row = {"tasks": len(tasks), "rows": accuracy.n_rows, "seeds": accuracy.n_seeds, **_row(accuracy, "accuracy")}
+    baselines = [_baseline_for(results, t, target) for t in tasks]
+    if method == BASELINE or any(b is None for b in baselines):
+        return row | _row(None, "vs_cot")
+    pairs = [_paired(c, b) for c, b in zip(cells, baselines)]
+    difference = stats.family_difference(pairs) if len(pairs) > 1 else stats.paired_difference(*pairs[0])
+    return row | _row(difference, "vs_cot")
+
+
+def main_frame(results: Results) -> pd.DataFrame:
+    """One row per task model x method x family column, same-model cells."""
+    same = results.cells[results.cells.source == results.cells.target]
+    rows = []
+    for (source, method, family), group in same.groupby(["source", "method", "family"]):
+        tasks = sorted(set(group.task))
+        rows.append({"model": source, "method": method, "column": _COLUMN_OF_FAMILY.get(family, family),
+                     **_group_estimates(results, tasks, method, source, source)})
     return pd.DataFrame(rows)
 
 
-def load_prompts(prompt_files: list[str | Path]) -> list[dict]:
-    return [json.loads(Path(p).read_text()) for p in prompt_files]
+def per_task_frame(results: Results) -> pd.DataFrame:
+    same = results.cells[results.cells.source == results.cells.target]
+    rows = [{"model": source, "method": method, "task": task, **_group_estimates(results, [task], method, source, source)}
+            for (source, method, task), _ in same.groupby(["source", "method", "task"])]
+    return pd.DataFrame(rows)
 
 
-def main_table(evals: pd.DataFrame) -> pd.DataFrame:
-    same = evals[evals.source == evals.target]
-    per_task = same.groupby(["source", "method", "family", "task"]).accuracy.mean().reset_index()
-    per_family = per_task.groupby(["source", "method", "family"]).accuracy.mean().reset_index()
-    per_family["column"] = per_family.family.map(_COLUMN_OF_FAMILY)
-    table = per_family.pivot_table(index="method", columns=["source", "column"], values="accuracy")
-    order = [c for c in _COLUMN_OF_FAMILY.values() if c in table.columns.get_level_values(1)]
-    return (100 * table).reindex(columns=order, level=1).round(1)
+def transfer_frame(results: Results) -> pd.DataFrame:
+    rows = []
+    for (method, source, target), group in results.cells.groupby(["method", "source", "target"]):
+        rows.append({"method": method, "source": source, "target": target,
+                     **_group_estimates(results, sorted(set(group.task)), method, source, target)})
+    return pd.DataFrame(rows)
 
 
-def per_task_table(evals: pd.DataFrame) -> pd.DataFrame:
-    same = evals[evals.source == evals.target]
-    return (100 * same.pivot_table(index=["source", "method"], columns="task", values="accuracy")).round(1)
+def scores_frame(results: Results) -> pd.DataFrame:
+    columns = ["accuracy", "strict_accuracy", "strict_parse_rate", "lenient_accuracy", "lenient_parse_rate", "truncated"]
+    frame = results.cells.groupby(["source", "target", "method", "task", "answer_step"])[columns].mean().reset_index()
+    frame[columns] = 100 * frame[columns].astype(float)
+    return frame.rename(columns={"accuracy": "headline_accuracy"})
 
 
-def transfer_table(evals: pd.DataFrame) -> pd.DataFrame:
-    return (100 * evals.pivot_table(index=["method", "source"], columns="target", values="accuracy")).round(1)
-
-
-def budget_table(prompts: list[dict]) -> pd.DataFrame:
+def budget_frame(prompts: list[dict]) -> pd.DataFrame:
     """Per method and model: what the runs spent, as a share of the budget, and why they stopped."""
     rows = []
     for record in prompts:
         budget = record["budget"]
         task_usage = budget.get("task_model", {})
         optimizer_usage = budget.get("optimizer_model", {})
-        seconds = budget.get("seconds", {})
         cap = budget.get("max_task_calls")
         rows.append({
             "method": record["optimizer"], "model": record["model"],
@@ -76,47 +209,185 @@ def budget_table(prompts: list[dict]) -> pd.DataFrame:
             "task-model tokens": task_usage.get("prompt_tokens", 0) + task_usage.get("completion_tokens", 0),
             "optimizer tokens": optimizer_usage.get("prompt_tokens", 0) + optimizer_usage.get("completion_tokens", 0),
             "forward/backward passes": budget.get("forward_passes", 0) + budget.get("backward_passes", 0),
-            "seconds": seconds.get("total", 0.0),
+            "seconds": budget.get("seconds", {}).get("total", 0.0),
         })
+    if not rows:
+        return pd.DataFrame(columns=["method", "model"])
     frame = pd.DataFrame(rows)
     numeric = frame.groupby(["method", "model"]).mean(numeric_only=True)
     reasons = frame.groupby(["method", "model"])["stopped"].agg(lambda r: ", ".join(sorted(set(r))))
-    return numeric.join(reasons).round(1)
+    return numeric.join(reasons).round(1).reset_index()
 
 
-#: line styles of the split a trajectory score was measured on
-_SPLIT_STYLE = {"train": "-", "minibatch": "-.", "screen": ":", "dev": "--"}
+def prompts_frame(prompts: list[dict]) -> pd.DataFrame:
+    rows = [{"method": r["optimizer"], "task": r["task"], "model": r["model"], "seed": r["provenance"]["seed"],
+             "prompt": r["prompt"], "stopped": r["stopped"]["reason"]} for r in prompts]
+    return pd.DataFrame(rows, columns=["method", "task", "model", "seed", "prompt", "stopped"]).sort_values(
+        ["task", "model", "method", "seed"])
 
 
-def write_tables(evals: pd.DataFrame, prompts: list[dict], out_dir: str | Path) -> list[Path]:
+# ---------------------------------------------------------------- formatting
+
+
+def _accuracy_text(row, prefix: str = "accuracy") -> str:
+    if row is None or pd.isna(row.get(prefix)):
+        return "–"
+    return f"{row[prefix]:.1f} [{row[prefix + '_low']:.1f}, {row[prefix + '_high']:.1f}]"
+
+
+def _difference_text(row) -> str:
+    if row is None or pd.isna(row.get("vs_cot")):
+        return "–"
+    mark = f" {_MARK}" if row.get("vs_cot_significant") else ""
+    return f"{row['vs_cot']:+.1f} [{row['vs_cot_low']:+.1f}, {row['vs_cot_high']:+.1f}]{mark}"
+
+
+def _wide(frame: pd.DataFrame, index: list[str], columns: list[str], text) -> pd.DataFrame:
+    """A display table: ``index`` x ``columns`` with each cell formatted by ``text(row)``."""
+    if frame.empty:
+        return pd.DataFrame()
+    cells = frame.assign(_text=[text(row) for _, row in frame.iterrows()])
+    table = cells.pivot_table(index=index, columns=columns, values="_text", aggfunc="first").fillna("–")
+    table.columns = [" / ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns]
+    table.columns.name = None
+    return table.reset_index()
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """The main table's columns per model in the paper's order: GSM8K, BBH average, FOLIO."""
+    order = list(_COLUMN_OF_FAMILY.values())
+
+    def rank(column: str):
+        model, _, family = column.rpartition(" / ")
+        return (model != "", model, order.index(family) if family in order else len(order))
+
+    return table[sorted(table.columns, key=rank)]
+
+
+@dataclass
+class Table:
+    name: str
+    numbers: pd.DataFrame  # the CSV: every number, one row per cell
+    display: pd.DataFrame  # Markdown, LaTeX and HTML: formatted cells
+
+    @property
+    def caption(self) -> str:
+        return _CAPTIONS[self.name].format(interval=stats.INTERVAL_NOTE, mark=_MARK)
+
+
+def build_tables(results: Results, prompts: list[dict]) -> list[Table]:
+    main, per_task, transfer = main_frame(results), per_task_frame(results), transfer_frame(results)
+    scores, budget, chosen = scores_frame(results), budget_frame(prompts), prompts_frame(prompts)
+    tables = [
+        Table("main", main, _ordered(_wide(main, ["method"], ["model", "column"], _accuracy_text))),
+        Table("main_vs_cot", main, _ordered(_wide(main, ["method"], ["model", "column"], _difference_text))),
+        Table("per_task", per_task, _wide(per_task, ["model", "method"], ["task"], _accuracy_text)),
+        Table("per_task_vs_cot", per_task, _wide(per_task, ["model", "method"], ["task"], _difference_text)),
+        Table("transfer", transfer, _wide(transfer, ["method", "source"], ["target"], _accuracy_text)),
+        Table("transfer_vs_cot", transfer, _wide(transfer, ["method", "source"], ["target"], _difference_text)),
+        Table("scores", scores, scores.round(1)),
+        Table("budget", budget, budget),
+        Table("prompts", chosen, chosen),
+        Table("missing", pd.DataFrame({"file": results.missing}), pd.DataFrame({"file": results.missing})),
+    ]
+    return tables
+
+
+def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = {"main": main_table(evals), "per_task": per_task_table(evals), "transfer": transfer_table(evals),
-              "budget": budget_table(prompts)}
     written = []
-    for name, table in tables.items():
-        flat = table.copy()
-        if isinstance(flat.columns, pd.MultiIndex):
-            flat.columns = [" / ".join(map(str, c)) for c in flat.columns]
-        for ext, write in (("csv", lambda p: flat.to_csv(p)), ("md", lambda p: p.write_text(flat.to_markdown() + "\n")),
-                           ("tex", lambda p: p.write_text(flat.to_latex(float_format="%.1f")))):
-            path = out_dir / f"{name}.{ext}"
+    for table in tables:
+        display = table.display if not table.display.empty else pd.DataFrame({"": ["no cells"]})
+        outputs = {
+            "csv": lambda p: table.numbers.to_csv(p, index=False),
+            "md": lambda p: p.write_text(f"{table.caption}\n\n{display.to_markdown(index=False)}\n"),
+            "tex": lambda p: p.write_text(display.to_latex(index=False, caption=table.caption, label=f"tab:{table.name}")),
+            "html": lambda p: p.write_text(_html_page(table.name, table.caption, display)),
+        }
+        for ext, write in outputs.items():
+            path = out_dir / f"{table.name}.{ext}"
             write(path)
             written.append(path)
     return written
 
 
-def write_plots(evals: pd.DataFrame, prompts: list[dict], out_dir: str | Path) -> list[Path]:
+_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:1em} table{border-collapse:collapse} "
+          "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top} "
+          "th{background:#f3f3f3} caption{caption-side:top;text-align:left;padding:4px 0;max-width:60em} "
+          "pre{white-space:pre-wrap;margin:0;max-width:50em}")
+
+
+def _html_page(title: str, caption: str, frame: pd.DataFrame) -> str:
+    body = frame.to_html(index=False, border=0, escape=True)
+    opening_end = body.index(">") + 1  # the caption goes right inside <table ...>
+    body = f"{body[:opening_end]}<caption>{html.escape(caption)}</caption>{body[opening_end:]}"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def write_sample_browser(results: Results, out_dir: str | Path, rows_per_cell: int = 3) -> list[Path]:
+    """One HTML page per task: a few test rows of every cell (question, reasoning, answer, gold)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in sorted(set(results.cells.task)):
+        sections = []
+        for (t, method, source, target, seed), lines in sorted(results.samples.items()):
+            if t != task:
+                continue
+            rows = "".join(
+                f"<tr><td>{html.escape(s['id'])}</td><td><pre>{html.escape(s.get('question', ''))}</pre></td>"
+                f"<td><pre>{html.escape(s.get('reasoning', ''))}</pre></td><td>{html.escape(str(s.get('answer')))}</td>"
+                f"<td>{html.escape(str(s.get('gold')))}</td><td>{'yes' if s.get('correct') else 'no'}</td></tr>"
+                for s in lines[:rows_per_cell])
+            sections.append(f"<h3>{html.escape(method)}: {html.escape(source)} → {html.escape(target)}, seed {seed}</h3>"
+                            "<table><tr><th>row</th><th>question</th><th>reasoning</th><th>answer</th><th>gold</th>"
+                            f"<th>right</th></tr>{rows}</table>")
+        path = out_dir / f"samples_{task}.html"
+        path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(task)}: test rows"
+                        f"</title><style>{_STYLE}</style></head><body><h2>{html.escape(task)}: the first "
+                        f"{rows_per_cell} test rows of every cell</h2>{''.join(sections)}</body></html>\n")
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------- plots
+
+#: line styles of the split a trajectory score was measured on
+_SPLIT_STYLE = {"train": "-", "minibatch": "-.", "screen": ":", "dev": "--"}
+
+
+def _text_colour(cmap, norm, value) -> str:
+    """Black or white, whichever reads better on the cell's colour (relative luminance)."""
+    red, green, blue, _ = cmap(norm(value))
+    return "black" if 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.45 else "white"
+
+
+def _heatmap(axis, values: np.ndarray, texts: list[list[str]], cmap, norm, rows: list[str], columns: list[str]):
+    image = axis.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
+    axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    axis.set_yticks(range(len(rows)), rows)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            colour = "black" if np.isnan(values[i, j]) else _text_colour(cmap, norm, values[i, j])
+            axis.text(j, i, texts[i][j], ha="center", va="center", color=colour, fontsize=7)
+    return image
+
+
+def write_plots(tables: dict[str, Table], prompts: list[dict], out_dir: str | Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize, TwoSlopeNorm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
-    task_names = sorted({r["task"] for r in prompts})
+    # Accuracy during optimization, per task.
+    task_names = sorted({r["task"] for r in prompts}) or ["(no prompt files)"]
     columns = min(3, len(task_names))
     rows = -(-len(task_names) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
@@ -126,51 +397,171 @@ def write_plots(evals: pd.DataFrame, prompts: list[dict], out_dir: str | Path) -
                 points = [(s["task_calls"], 100 * s["score"]) for s in record["trajectory"]
                           if s["score"] is not None and s["split"] == split]
                 if points:
-                    axis.plot(*zip(*points), style, marker=".",
-                              label=f"{record['optimizer']} ({record['model']}, {split})")
+                    axis.plot(*zip(*points), style, marker=".", label=f"{record['optimizer']} ({record['model']}, "
+                              f"seed {record['provenance']['seed']}, {split})")
         axis.set_title(task)
         axis.set_xlabel("task calls spent")
         axis.set_ylabel("best accuracy so far (%)")
-        axis.legend(fontsize=7)
+        axis.set_ylim(0, 100)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=6)
     for axis in list(axes.flat)[len(task_names):]:
         axis.axis("off")
-    figure.tight_layout()
     written.append(_save(figure, out_dir / "accuracy_vs_task_calls.png"))
 
-    matrix = transfer_table(evals)
-    figure, axis = plt.subplots(figsize=(2 + 1.6 * matrix.shape[1], 1 + 0.45 * matrix.shape[0]))
-    image = axis.imshow(matrix.values, cmap="viridis", aspect="auto")
-    axis.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=30, ha="right")
-    axis.set_yticks(range(matrix.shape[0]), [f"{m} ({s})" for m, s in matrix.index])
-    for (i, j), value in pd.DataFrame(matrix.values).stack().items():
-        axis.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize=8)
-    axis.set_xlabel("target model")
-    figure.colorbar(image, label="test accuracy (%)")
-    figure.tight_layout()
-    written.append(_save(figure, out_dir / "transfer_heatmap.png"))
+    # Difference from zero-shot CoT per task (and family averages), one panel per task model.
+    per_task = tables["per_task"].numbers
+    main = tables["main"].numbers
+    diverging = plt.get_cmap("RdBu")
+    models = sorted(set(per_task.model)) if not per_task.empty else []
+    figure, axes = plt.subplots(1, max(1, len(models)), squeeze=False,
+                                figsize=(max(6.0, 1.3 * _n_methods(per_task) + 3) * max(1, len(models)),
+                                         1.5 + 0.42 * (_n_tasks(per_task) + 3)))
+    for axis, model in zip(axes.flat, models):
+        cells = pd.concat([per_task[per_task.model == model].rename(columns={"task": "row"}),
+                           main[(main.model == model) & (main.tasks > 1)].rename(columns={"column": "row"})])
+        cells = cells[cells.method != BASELINE]
+        if cells.empty or cells.vs_cot.isna().all():
+            axis.set_title(f"{model}: no zero-shot CoT cell to compare with")
+            axis.axis("off")
+            continue
+        row_names = list(dict.fromkeys(cells.row))
+        method_names = sorted(set(cells.method))
+        values = np.full((len(row_names), len(method_names)), np.nan)
+        texts = [[""] * len(method_names) for _ in row_names]
+        for _, cell in cells.iterrows():
+            i, j = row_names.index(cell.row), method_names.index(cell.method)
+            values[i, j] = cell.vs_cot
+            texts[i][j] = _difference_text(cell).replace(" [", "\n[")
+        limit = max(5.0, float(np.nanmax(np.abs(values))))
+        image = _heatmap(axis, values, texts, diverging, TwoSlopeNorm(0, -limit, limit), row_names, method_names)
+        axis.set_title(f"{model}: test accuracy minus zero-shot CoT (points)")
+        figure.colorbar(image, ax=axis, label="difference (points)")
+    written.append(_save(figure, out_dir / "vs_cot_per_task.png"))
 
-    per_task = per_task_table(evals)
-    sources = sorted({s for s, _ in per_task.index})
-    figure, axes = plt.subplots(len(sources), 1, figsize=(max(6, 1.4 * per_task.shape[1] + 3), 3.4 * len(sources)),
-                                squeeze=False)
-    for axis, source in zip(axes.flat, sources):
-        per_task.loc[source].T.plot.bar(ax=axis, rot=20)
-        axis.set_title(f"test accuracy on {source} (same-model prompts)")
-        axis.set_ylabel("accuracy (%)")
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    written.append(_save(figure, out_dir / "per_task_bars.png"))
+    # Transfer: accuracy, and difference from the target's zero-shot CoT.
+    transfer = tables["transfer"].numbers
+    for name, column, cmap, text in (("transfer_heatmap", "accuracy", plt.get_cmap("viridis"), _accuracy_text),
+                                     ("transfer_vs_cot", "vs_cot", diverging, _difference_text)):
+        row_names = [f"{m} ({s})" for m, s in dict.fromkeys(zip(transfer.method, transfer.source))]
+        targets = sorted(set(transfer.target))
+        values = np.full((len(row_names), len(targets)), np.nan)
+        texts = [[""] * len(targets) for _ in row_names]
+        for _, cell in transfer.iterrows():
+            i, j = row_names.index(f"{cell.method} ({cell.source})"), targets.index(cell.target)
+            values[i, j] = np.nan if pd.isna(cell[column]) else cell[column]
+            texts[i][j] = text(cell).replace(" [", "\n[")
+        figure, axis = plt.subplots(figsize=(3 + 1.9 * len(targets), 1.2 + 0.55 * len(row_names)))
+        if column == "accuracy":
+            norm, label = Normalize(0, 100), "test accuracy (%)"
+        else:
+            limit = max(5.0, float(np.nanmax(np.abs(values)))) if np.isfinite(values).any() else 5.0
+            norm, label = TwoSlopeNorm(0, -limit, limit), "difference from the target's zero-shot CoT (points)"
+        image = _heatmap(axis, values, texts, cmap, norm, row_names, targets)
+        axis.set_xlabel("target model")
+        figure.colorbar(image, ax=axis, label=label)
+        written.append(_save(figure, out_dir / f"{name}.png"))
+
+    # Per-task accuracy with intervals: tasks down the side, so 27 tasks stay readable.
+    written.append(_per_task_plot(plt, per_task, out_dir / "per_task_accuracy.png"))
+    written.append(_pareto_plot(plt, main, prompts, out_dir / "pareto.png"))
     return written
+
+
+def _n_methods(frame: pd.DataFrame) -> int:
+    return len(set(frame.method)) if not frame.empty else 1
+
+
+def _n_tasks(frame: pd.DataFrame) -> int:
+    return len(set(frame.task)) if not frame.empty else 1
+
+
+def _per_task_plot(plt, per_task: pd.DataFrame, path: Path) -> Path:
+    models = sorted(set(per_task.model)) if not per_task.empty else []
+    tasks = sorted(set(per_task.task)) if not per_task.empty else []
+    methods = sorted(set(per_task.method)) if not per_task.empty else []
+    figure, axes = plt.subplots(1, max(1, len(models)), squeeze=False, sharey=True,
+                                figsize=(6.5 * max(1, len(models)), 1.6 + 0.45 * max(1, len(tasks))))
+    offsets = np.linspace(-0.3, 0.3, max(1, len(methods)))
+    markers = "osD^v<>PX*h"
+    for axis, model in zip(axes.flat, models):
+        cells = per_task[per_task.model == model]
+        for offset, marker, method in zip(offsets, markers * 3, methods):
+            rows = cells[cells.method == method]
+            y = [tasks.index(t) + offset for t in rows.task]
+            axis.errorbar(rows.accuracy, y, xerr=[rows.accuracy - rows.accuracy_low, rows.accuracy_high - rows.accuracy],
+                          fmt=marker, markersize=4, capsize=2, linewidth=0.8, label=method)
+        axis.set_yticks(range(len(tasks)), tasks)
+        axis.set_ylim(len(tasks) - 0.5, -0.5)
+        axis.set_xlim(0, 100)
+        axis.set_xlabel("test accuracy (%), 95% interval")
+        axis.set_title(f"{model} (same-model prompts)")
+        axis.grid(axis="x", alpha=0.3)
+        axis.legend(fontsize=7, loc="lower right")
+    if not models:
+        axes[0, 0].axis("off")
+    return _save(figure, path)
+
+
+def _pareto_plot(plt, main: pd.DataFrame, prompts: list[dict], path: Path) -> Path:
+    """Test accuracy (average over the model's task columns) against what optimization spent."""
+    spend = pd.DataFrame([{"method": r["optimizer"], "model": r["model"], "task calls": r["budget"]["task_calls"],
+                           "task-model tokens": sum(r["budget"].get("task_model", {}).get(k, 0)
+                                                    for k in ("prompt_tokens", "completion_tokens"))}
+                          for r in prompts], columns=["method", "model", "task calls", "task-model tokens"])
+    spend = spend.groupby(["method", "model"]).mean().reset_index()
+    if not main.empty:
+        accuracy = main.groupby(["model", "method"]).accuracy.mean().reset_index()
+        points = accuracy.merge(spend, on=["method", "model"])
+    else:
+        points = pd.DataFrame(columns=["model", "method", "accuracy", "task calls", "task-model tokens"])
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, cost in zip(axes, ("task calls", "task-model tokens")):
+        for model, group in points.groupby("model"):
+            colour = axis.scatter(group[cost], group.accuracy, label=model).get_facecolor()[0]
+            for _, point in group.iterrows():
+                axis.annotate(point.method, (point[cost], point.accuracy), fontsize=7, xytext=(3, 3),
+                              textcoords="offset points")
+            frontier = _pareto_front(group[[cost, "accuracy"]].to_numpy(dtype=float))
+            if len(frontier) > 1:
+                axis.step(frontier[:, 0], frontier[:, 1], where="post", alpha=0.5, color=colour)
+        axis.set_xlabel(f"{cost} spent per optimization run (mean)")
+        axis.set_ylabel("test accuracy (%), mean over task columns")
+        axis.set_ylim(0, 100)
+        if len(points):
+            axis.legend(fontsize=7)
+    figure.suptitle("Accuracy against optimization cost (the line joins the Pareto-optimal methods)")
+    return _save(figure, path)
+
+
+def _pareto_front(points: np.ndarray) -> np.ndarray:
+    """The points no other point beats on both lower cost and higher accuracy, by cost."""
+    ordered = points[np.lexsort((-points[:, 1], points[:, 0]))]
+    front, best = [], -np.inf
+    for cost, accuracy in ordered:
+        if accuracy > best:
+            front.append((cost, accuracy))
+            best = accuracy
+    return np.array(front)
 
 
 def _save(figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    figure.savefig(path, dpi=120)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
 
 
-def build_report(eval_files, prompt_files, tables_dir, plots_dir) -> list[Path]:
-    evals, prompts = load_evaluations(eval_files), load_prompts(prompt_files)
-    return write_tables(evals, prompts, tables_dir) + write_plots(evals, prompts, plots_dir)
+def build_report(eval_files, prompt_files, tables_dir, plots_dir, pages_dir=None, allow_missing: bool = False) -> list[Path]:
+    results = load_results(eval_files, allow_missing=allow_missing)
+    prompts = load_prompts(prompt_files)
+    if results.missing:
+        log.warning("%d expected evaluation files are missing; their cells are left out (listed in missing.md)",
+                    len(results.missing))
+    tables = build_tables(results, prompts)
+    written = write_tables(tables, tables_dir) + write_plots({t.name: t for t in tables}, prompts, plots_dir)
+    if pages_dir is not None:
+        written += write_sample_browser(results, pages_dir)
+    return written

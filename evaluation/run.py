@@ -2,14 +2,15 @@
 
 Same-model cells (the prompt was optimized on the target) and transfer cells (optimized
 on another model) come from the same job. Each prompt file
-``results/prompts/{task}/{source}/{optimizer}.json`` gives
-``{output_dir}/{task}/{source}/{optimizer}/{target}.json`` (accuracy, n, stderr, parse
+``results/prompts/{task}/{source}/{optimizer}/seed{seed}.json`` gives
+``{output_dir}/{task}/{source}/{optimizer}/seed{seed}/{target}.json`` (accuracy, n, stderr, parse
 rate, provenance) and a ``.samples.jsonl`` beside it with every test row's reasoning,
 continuation, parsed answer and verdict.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict
@@ -26,7 +27,9 @@ from tasks.heldout import load_test_examples
 
 
 def output_path(output_dir: str | Path, record: dict, target: str) -> Path:
-    return Path(output_dir) / record["task"] / record["model"] / record["optimizer"] / f"{target}.json"
+    """``{output_dir}/{task}/{source}/{optimizer}/seed{seed}/{target}.json``: the prompt's seed is its replicate."""
+    return (Path(output_dir) / record["task"] / record["model"] / record["optimizer"]
+            / f"seed{record['provenance']['seed']}" / f"{target}.json")
 
 
 def read_prompt_file(path: str | Path) -> dict:
@@ -111,17 +114,23 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
     examples = load_test_examples(task, data_root=data_root, split_file=split_file)
     if limit:
         examples = examples[:limit]
-    cells = {f"{r['model']}__{r['optimizer']}": (path, r) for path, r in records.items()}
-    print(f"[evaluate] {task.name} on {target}: {len(cells)} prompts x {len(examples)} test rows", flush=True)
-    chat = target_description.get("chat", True)
-    results = evaluate_cells(lm, task, examples, [PromptCell(name, r["prompt"]) for name, (_, r) in cells.items()],
-                             Path(workdir), max_reasoning_tokens, extractor=task.extractor(extractor_variant), chat=chat,
-                             response_cache=response_cache,
+    cells = {(r["model"], r["optimizer"], r["provenance"]["seed"]): (path, r) for path, r in records.items()}
+    if len(cells) < len(records):
+        raise SuiteError(f"Two prompt files of {task.name} are for the same model, method and seed")
+    # A prompt shared by several files (zero-shot CoT under every seed, a run that kept the initial prompt)
+    # is evaluated once.
+    prompts = list(dict.fromkeys(record["prompt"] for record in records.values()))
+    cell_of = {prompt: f"prompt{i}" for i, prompt in enumerate(prompts)}
+    print(f"[evaluate] {task.name} on {target}: {len(cells)} prompt files ({len(prompts)} distinct prompts) x "
+          f"{len(examples)} test rows", flush=True)
+    by_cell = evaluate_cells(lm, task, examples, [PromptCell(name, prompt) for prompt, name in cell_of.items()],
+                             Path(workdir), max_reasoning_tokens, extractor=task.extractor(extractor_variant),
+                             chat=target_description.get("chat", True), response_cache=response_cache,
                              tokenizer=getattr(lm, "tokenizer", None),
                              likelihood=target_description.get("backend") != "endpoint")
     written = []
-    for name, (path, record) in cells.items():
-        result = results[name]
+    for path, record in cells.values():
+        result = copy.deepcopy(by_cell[cell_of[record["prompt"]]])
         out = output_path(output_dir, record, target)
         samples_path = out.with_suffix(".samples.jsonl")
         samples_path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +140,7 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
             "source_model": record["model"],
             "optimizer": record["optimizer"],
             "target_model": target,
+            "seed": record["provenance"]["seed"],
             "transfer": record["model"] != target,
             "prompt": record["prompt"],
             **result,
@@ -146,7 +156,7 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
                 "environment": environment(),
             },
         })
-        print(f"[evaluate] {record['model']}/{record['optimizer']} -> {target}: accuracy {result['accuracy']:.3f} "
+        print(f"[evaluate] {record['model']}/{record['optimizer']} (seed {record['provenance']['seed']}) -> {target}: accuracy {result['accuracy']:.3f} "
               f"(n={result['n']}, {result['answer_step']} answer; written answers parsed: strict "
               f"{result['strict_parse_rate']:.2f}, lenient {result['lenient_parse_rate']:.2f})", flush=True)
         written.append(out)

@@ -3,15 +3,12 @@
 import dataclasses
 import json
 import re
-from pathlib import Path
 
-import pandas as pd
 import pytest
 
 import tasks
 from evaluation.lmeval import PromptCell, evaluate_cells
 from evaluation.lmeval_filters import answer_after_extractor, answer_in_reasoning
-from evaluation.report import build_report
 from tasks.heldout import load_test_examples
 from tests.conftest import tiny_local_model
 
@@ -91,46 +88,6 @@ def test_response_cache_path_depends_on_the_model_identity():
     assert response_cache_path("c", base) != response_cache_path("c", {**base, "dtype": "bfloat16"})
     endpoint = {"backend": "endpoint", "base_url": "http://a/v1", "model": "m"}
     assert response_cache_path("c", endpoint) != response_cache_path("c", {**endpoint, "model": "n"})
-
-
-def _write(path: Path, record: dict) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record))
-    return str(path)
-
-
-def test_report_tables_and_plots_hold_every_method(tmp_path):
-    methods = ["zero_shot_cot", "greater", "opro"]
-    evals, prompts = [], []
-    for task in ("navigate", "snarks", "gsm8k"):
-        for method_index, method in enumerate(methods):
-            trajectory = [{"step": s, "prompt": "p", "task_calls": 10 * s, "optimizer_calls": s, "score": 0.5 + 0.1 * s,
-                           "split": "train" if s < 2 else "dev"} for s in range(3)]
-            prompts.append(_write(tmp_path / "prompts" / task / "small" / f"{method}.json", {
-                "optimizer": method, "task": task, "model": "small", "prompt": "p", "trajectory": trajectory,
-                "stopped": {"reason": "task_calls", "task_calls": 20, "optimizer_calls": 3},
-                "budget": {"task_calls": 20, "max_task_calls": 25, "optimizer_calls": 3,
-                           "task_model": {"prompt_tokens": 5, "completion_tokens": 5}, "seconds": {"total": 2.0}},
-                "provenance": {"seed": 0, "model": {"name": "small", "checksum": "x"}, "environment": {}}}))
-            for target in ("small", "big"):
-                evals.append(_write(tmp_path / "eval" / task / "small" / method / f"{target}.json", {
-                    "task": task, "source_model": "small", "optimizer": method, "target_model": target,
-                    "accuracy": 0.1 * (method_index + 1), "n": 10, "parse_rate": 1.0}))
-    written = build_report(evals, prompts, tmp_path / "tables", tmp_path / "plots")
-    names = {p.name for p in written}
-    for table in ("main", "per_task", "transfer", "budget"):
-        assert {f"{table}.csv", f"{table}.md", f"{table}.tex"} <= names
-    for plot in ("accuracy_vs_task_calls.png", "transfer_heatmap.png", "per_task_bars.png"):
-        assert (tmp_path / "plots" / plot).stat().st_size > 1000
-    main = pd.read_csv(tmp_path / "tables" / "main.csv", index_col=0)
-    assert set(main.index) == set(methods)
-    assert list(main.columns) == ["small / GSM8K", "small / BBH average"]
-    assert main.loc["opro", "small / BBH average"] == pytest.approx(30.0)
-    budget = pd.read_csv(tmp_path / "tables" / "budget.csv", index_col=[0, 1])
-    assert budget.loc[("opro", "small"), "spent %"] == pytest.approx(80.0)
-    assert budget.loc[("opro", "small"), "stopped"] == "task_calls"
-    transfer = pd.read_csv(tmp_path / "tables" / "transfer.csv", index_col=[0, 1])
-    assert list(transfer.columns) == ["big", "small"]
 
 
 def test_scoring_counts_correct_answers(tmp_path):

@@ -32,7 +32,7 @@ def test_paper_config_plans_the_whole_grid():
     result = _dry_run("--configfile", "config/paper.yaml")
     assert result.returncode == 0
     assert re.search(r"write_splits\s+23\b", result.output), result.output  # 21 BBH tasks + GSM8K + FOLIO
-    assert re.search(r"optimize\s+322\b", result.output)  # 23 tasks x 2 models x 7 methods
+    assert re.search(r"optimize\s+966\b", result.output)  # 23 tasks x 2 models x 7 methods x 3 seeds
     assert re.search(r"evaluate\s+46\b", result.output)  # 23 tasks x 2 target models
 
 
@@ -134,7 +134,7 @@ def test_shared_terms_and_budgets_reach_every_optimize_job(tmp_path):
 
 def test_an_external_method_needs_only_its_rules_file_and_a_config_entry(tmp_path):
     rules = tmp_path / "mine.smk"
-    rules.write_text('rule mine:\n    output:\n        "results/prompts/{task}/{model}/mine.json",\n'
+    rules.write_text('rule mine:\n    output:\n        "results/prompts/{task}/{model}/mine/seed{seed}.json",\n'
                      '    shell:\n        "echo {config[external_methods][mine][greeting]} > {output}"\n')
     config = yaml.safe_load(BASE) | {"external_methods": {"mine": {"rules": str(rules), "greeting": "hi"}}}
     path = tmp_path / "external.yaml"
@@ -142,7 +142,26 @@ def test_an_external_method_needs_only_its_rules_file_and_a_config_entry(tmp_pat
     result = _dry_run("--configfile", str(path))
     assert result.returncode == 0, result.output[-2000:]
     assert re.search(r"\bmine\s+1\b", result.output)
-    assert "results/eval/navigate/smollm2-135m/mine/smollm2-135m.json" in result.output
+    assert "results/eval/navigate/smollm2-135m/mine/seed0/smollm2-135m.json" in result.output
+
+
+def test_every_seed_is_a_replicate_run_and_evaluated_under_its_own_path(tmp_path):
+    config = yaml.safe_load(BASE) | {"seeds": [0, 7]}
+    path = tmp_path / "seeds.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _dry_run("--configfile", str(path), "--printshellcmds")
+    assert result.returncode == 0, result.output[-2000:]
+    optimizes = [line for line in result.output.splitlines() if "suite_cli optimize" in line]
+    assert sorted(re.search(r"--seed (\d+)", line).group(1) for line in optimizes) == sorted(
+        ["0", "7"] * (len(optimizes) // 2))
+    assert "results/prompts/navigate/smollm2-135m/zero_shot_cot/seed7.json" in result.output
+    assert "results/eval/navigate/smollm2-135m/zero_shot_cot/seed7/smollm2-135m.json" in result.output
+
+
+def test_the_old_single_seed_key_is_named(tmp_path):
+    result = _bad_config(tmp_path, BASE + "seed: 3\n")
+    assert result.returncode != 0
+    assert "seed: replaced by seeds" in result.output and "seeds: [3]" in result.output
 
 
 def test_a_given_config_is_not_merged_with_the_default(tmp_path):

@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-CHECKPOINT = Path("results/prompts/navigate/smollm2-135m/greater.json.checkpoint.json")
+CHECKPOINT = Path("results/prompts/navigate/smollm2-135m/greater/seed0.json.checkpoint.json")
 
 
 def _config(tmp_path: Path) -> Path:
@@ -65,7 +65,7 @@ def test_killed_workflow_restarts_without_redoing_finished_jobs(tmp_path):
     log.close()
     finished = _finished_outputs(tmp_path)
     assert "results/splits/navigate.json" in finished and "results/models/smollm2-135m.json" in finished
-    assert not (tmp_path / "results/prompts/navigate/smollm2-135m/greater.json").exists()
+    assert not (tmp_path / "results/prompts/navigate/smollm2-135m/greater/seed0.json").exists()
 
     # A SIGKILLed Snakemake leaves its lock behind; --unlock releases it (README: "Interrupted runs").
     subprocess.run(_snakemake(tmp_path, "--unlock"), cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)

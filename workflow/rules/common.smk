@@ -5,6 +5,7 @@ import json
 import shlex
 
 import suite_config
+from evaluation import report as report_tables
 from optimizers.base import get_optimizer
 from suite_errors import SuiteError
 
@@ -25,6 +26,7 @@ METHODS = OPTIMIZERS + list(EXTERNAL_METHODS)
 RUNTIME = {"dtype": "float32", "device": "cpu", "threads": 2, "batch_size": 64, **config.get("runtime", {})}
 EVALUATION = {"backend": "hf", "limit": None, "batch_size": 16, **config.get("evaluation", {})}
 TERMS = config["terms"]
+SEEDS = config["seeds"]
 OPTIMIZER_LLM = config.get("optimizer_llm")
 WRITER = suite_config.local_optimizer_model(config)  # a local model writing the text methods' prompts
 # Every model a job loads: the task models, the transfer targets and a local optimizer LLM.
@@ -36,6 +38,7 @@ wildcard_constraints:
     model="|".join(LOCAL_MODELS),
     target="|".join(TARGETS),
     optimizer="|".join(OPTIMIZERS),
+    seed=r"\d+",
 
 
 def data_root_option():
@@ -55,7 +58,7 @@ def optimize_arguments(wildcards):
     args = [
         "--options", shlex.quote(json.dumps(config["optimizers"][wildcards.optimizer])),
         "--terms", shlex.quote(json.dumps(TERMS)),
-        "--seed", str(config.get("seed", 0)),
+        "--seed", wildcards.seed,
         "--cache-dir", shlex.quote(config["cache_dir"]),
         "--dtype", RUNTIME["dtype"], "--device", RUNTIME["device"],
         "--threads", str(RUNTIME["threads"]), "--batch-size", str(RUNTIME["batch_size"]),
@@ -99,21 +102,25 @@ def evaluate_arguments(wildcards):
     return " ".join(args + [data_root_option()])
 
 
+# One prompt file per task x task model x method x seed; its evaluation on every target beside it.
+PROMPT_FILE = "results/prompts/{task}/{source}/{method}/seed{seed}.json"
+EVAL_FILE = "results/eval/{task}/{source}/{method}/seed{seed}/{target}.json"
+
+
 def get_prompt_files(wildcards):
-    return expand("results/prompts/{task}/{source}/{method}.json", task=wildcards.task, source=MODELS, method=METHODS)
+    return expand(PROMPT_FILE, task=wildcards.task, source=MODELS, method=METHODS, seed=SEEDS)
 
 
 def get_eval_files():
-    return expand("results/eval/{task}/{source}/{method}/{target}.json", task=TASKS, source=MODELS, method=METHODS,
-                  target=TARGETS)
+    return expand(EVAL_FILE, task=TASKS, source=MODELS, method=METHODS, seed=SEEDS, target=TARGETS)
 
 
-REPORT_TABLES = ["main", "per_task", "transfer", "budget"]
-REPORT_PLOTS = ["accuracy_vs_task_calls", "transfer_heatmap", "per_task_bars"]
+REPORT_TABLES, REPORT_PLOTS = list(report_tables.TABLES), list(report_tables.PLOTS)
 
 
 def get_final_output():
     return (
-        expand("results/tables/{table}.{ext}", table=REPORT_TABLES, ext=["csv", "md", "tex"])
+        expand("results/tables/{table}.{ext}", table=REPORT_TABLES, ext=["csv", "md", "tex", "html"])
         + expand("results/plots/{plot}.png", plot=REPORT_PLOTS)
+        + expand("results/pages/samples_{task}.html", task=TASKS)
     )

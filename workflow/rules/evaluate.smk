@@ -7,9 +7,10 @@ rule evaluate:
         model=target_model_record,
     output:
         expand(
-            "results/eval/{{task}}/{source}/{method}/{{target}}.json",
+            "results/eval/{{task}}/{source}/{method}/seed{seed}/{{target}}.json",
             source=MODELS,
             method=METHODS,
+            seed=SEEDS,
         ),
     log:
         "logs/evaluate/{task}/{target}.log",

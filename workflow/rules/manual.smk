@@ -6,11 +6,11 @@ rule manual_prompts:
         prompts=config["external_methods"]["manual"]["prompts"],
         split="results/splits/{task}.json",
     output:
-        "results/prompts/{task}/{model}/manual.json",
+        "results/prompts/{task}/{model}/manual/seed{seed}.json",
     log:
-        "logs/manual_prompts/{task}/{model}.log",
+        "logs/manual_prompts/{task}/{model}/seed{seed}.log",
     benchmark:
-        "logs/benchmark/manual_prompts/{task}/{model}.tsv"
+        "logs/benchmark/manual_prompts/{task}/{model}/seed{seed}.tsv"
     resources:
         mem_mb=1000,
         runtime=5,
@@ -18,4 +18,4 @@ rule manual_prompts:
         "../envs/suite.yaml"
     shell:
         "python -m suite_cli manual-prompt {wildcards.task} {wildcards.model} {input.prompts} "
-        "--output {output} > {log} 2>&1"
+        "--seed {wildcards.seed} --output {output} > {log} 2>&1"

@@ -2,11 +2,11 @@ rule optimize:
     input:
         unpack(optimize_inputs),
     output:
-        "results/prompts/{task}/{model}/{optimizer}.json",
+        "results/prompts/{task}/{model}/{optimizer}/seed{seed}.json",
     log:
-        "logs/optimize/{task}/{model}/{optimizer}.log",
+        "logs/optimize/{task}/{model}/{optimizer}/seed{seed}.log",
     benchmark:
-        "logs/benchmark/optimize/{task}/{model}/{optimizer}.tsv"
+        "logs/benchmark/optimize/{task}/{model}/{optimizer}/seed{seed}.tsv"
     params:
         arguments=optimize_arguments,
     threads: RUNTIME["threads"]

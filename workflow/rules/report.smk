@@ -1,14 +1,26 @@
+# Tables, plots and the sample browser from the evaluation files. When a job fails, the
+# workflow's onerror handler (Snakefile) builds the same report from the files that exist.
 rule report:
     input:
         evaluations=get_eval_files(),
-        prompts=expand(
-            "results/prompts/{task}/{source}/{method}.json", task=TASKS, source=MODELS, method=METHODS
-        ),
+        prompts=expand(PROMPT_FILE, task=TASKS, source=MODELS, method=METHODS, seed=SEEDS),
     output:
         tables=expand("results/tables/{table}.{ext}", table=REPORT_TABLES, ext=["csv", "md", "tex"]),
-        main=report("results/plots/accuracy_vs_task_calls.png", caption="../report/accuracy_vs_task_calls.rst", category="Plots"),
-        heatmap=report("results/plots/transfer_heatmap.png", caption="../report/transfer_heatmap.rst", category="Plots"),
-        bars=report("results/plots/per_task_bars.png", caption="../report/per_task_bars.rst", category="Plots"),
+        pages=[
+            report(f"results/tables/{table}.html", caption="../report/tables.rst", category="Tables",
+                   labels={"table": table})
+            for table in REPORT_TABLES
+        ],
+        plots=[
+            report(f"results/plots/{plot}.png", caption=f"../report/{plot}.rst", category="Plots",
+                   labels={"plot": plot})
+            for plot in REPORT_PLOTS
+        ],
+        samples=[
+            report(f"results/pages/samples_{task}.html", caption="../report/samples.rst", category="Test rows",
+                   labels={"task": task})
+            for task in TASKS
+        ],
     log:
         "logs/report/report.log",
     benchmark:
@@ -20,4 +32,4 @@ rule report:
         "../envs/suite.yaml"
     shell:
         "python -m suite_cli report --eval-files {input.evaluations} --prompt-files {input.prompts} "
-        "--tables-dir results/tables --plots-dir results/plots > {log} 2>&1"
+        "--tables-dir results/tables --plots-dir results/plots --pages-dir results/pages > {log} 2>&1"

@@ -1,0 +1,197 @@
+"""The report: tables with intervals and paired differences, partial results, HTML pages and plots."""
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation.report import TABLES, build_report
+
+ROWS = 40
+
+
+def _write_cell(root: Path, task: str, method: str, source: str, target: str, seed: int, correct: list[bool]) -> str:
+    path = root / "eval" / task / source / method / f"seed{seed}" / f"{target}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = [{"id": f"bbh/{task}#{i}", "question": f"Question {i}?", "gold": "Yes", "answer": "Yes" if c else "No",
+                "correct": c, "strict": "[invalid]", "lenient": "Yes" if c else "No", "reasoning": f"Reasoning {i}."}
+               for i, c in enumerate(correct)]
+    path.with_suffix(".samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    accuracy = sum(correct) / len(correct)
+    path.write_text(json.dumps({
+        "task": task, "source_model": source, "optimizer": method, "target_model": target, "seed": seed,
+        "prompt": f"prompt of {method}", "accuracy": accuracy, "n": len(correct), "answer_step": "choice",
+        "strict_accuracy": 0.0, "strict_parse_rate": 0.0, "lenient_accuracy": accuracy, "lenient_parse_rate": 1.0,
+        "truncated": 0.25, "samples_file": path.with_suffix(".samples.jsonl").name}))
+    return str(path)
+
+
+def _write_prompt(root: Path, task: str, method: str, model: str, seed: int) -> str:
+    path = root / "prompts" / task / model / method / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trajectory = [{"step": s, "prompt": "p", "task_calls": 10 * s, "optimizer_calls": s, "score": 0.5 + 0.1 * s,
+                   "split": "train" if s < 2 else "dev"} for s in range(3)]
+    path.write_text(json.dumps({
+        "optimizer": method, "task": task, "model": model, "prompt": f"prompt of {method}", "trajectory": trajectory,
+        "stopped": {"reason": "task_calls", "task_calls": 20, "optimizer_calls": 3},
+        "budget": {"task_calls": 20, "max_task_calls": 25, "optimizer_calls": 3,
+                   "task_model": {"prompt_tokens": 50 * (1 + len(method)), "completion_tokens": 5},
+                   "seconds": {"total": 2.0}},
+        "provenance": {"seed": seed, "model": {"name": model, "checksum": "x"}, "environment": {}}}))
+    return str(path)
+
+
+def _verdicts(method: str, target: str, task: str) -> list[bool]:
+    """Zero-shot CoT right on the first 20 rows; 'good' also on 12 more; 'same' swaps one win for one loss."""
+    base = [i < 20 for i in range(ROWS)]
+    if method == "good":
+        return [i < 32 for i in range(ROWS)]
+    if method == "same":
+        return [(i < 20 and i != 0) or i == 25 for i in range(ROWS)]
+    return base
+
+
+@pytest.fixture
+def grid(tmp_path):
+    evals, prompts = [], []
+    for task in ("navigate", "snarks"):
+        for method in ("zero_shot_cot", "good", "same"):
+            prompts.append(_write_prompt(tmp_path, task, method, "small", 0))
+            for target in ("small", "big"):
+                evals.append(_write_cell(tmp_path, task, method, "small", target, 0, _verdicts(method, target, task)))
+    return tmp_path, evals, prompts
+
+
+def test_tables_carry_intervals_and_paired_differences_from_zero_shot_cot(grid):
+    root, evals, prompts = grid
+    written = build_report(evals, prompts, root / "tables", root / "plots", root / "pages")
+    names = {p.name for p in written}
+    for table in TABLES:
+        assert {f"{table}.csv", f"{table}.md", f"{table}.tex", f"{table}.html"} <= names
+    main = pd.read_csv(root / "tables" / "main.csv")
+    good = main[(main.method == "good") & (main.model == "small")].iloc[0]
+    assert good.column == "BBH average" and good.tasks == 2 and good.rows == 2 * ROWS
+    assert good.accuracy == pytest.approx(80.0) and good.accuracy_low < 80 < good.accuracy_high
+    assert good.vs_cot == pytest.approx(30.0) and good.vs_cot_low > 0 and good.vs_cot_significant
+    same = main[main.method == "same"].iloc[0]
+    assert same.vs_cot == pytest.approx(0.0) and same.vs_cot_low < 0 < same.vs_cot_high
+    assert not same.vs_cot_significant
+    assert pd.isna(main[main.method == "zero_shot_cot"].iloc[0].vs_cot)  # no difference from itself
+
+    per_task = pd.read_csv(root / "tables" / "per_task.csv")
+    navigate = per_task[(per_task.method == "good") & (per_task.task == "navigate")].iloc[0]
+    # 12 discordant rows, all won: McNemar's exact p = 2 / 2**12
+    assert navigate.vs_cot_p == pytest.approx(2 / 2 ** 12) and navigate.vs_cot_significant
+
+    transfer = pd.read_csv(root / "tables" / "transfer.csv")
+    assert set(transfer.target) == {"small", "big"}
+    assert transfer[(transfer.method == "good") & (transfer.target == "big")].vs_cot.iloc[0] == pytest.approx(30.0)
+
+    display = (root / "tables" / "main_vs_cot.md").read_text()
+    assert "+30.0 [" in display and " *" in display and "bootstrap" in display.splitlines()[0]
+    assert "('" not in (root / "tables" / "budget.md").read_text()  # index columns are not printed as tuples
+    budget = pd.read_csv(root / "tables" / "budget.csv")
+    assert budget[budget.method == "good"]["spent %"].iloc[0] == pytest.approx(80.0)
+
+
+class _Cells(HTMLParser):
+    """The text of every table cell and caption."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self.captions, self._open = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("td", "caption"):
+            self._open = tag
+
+    def handle_endtag(self, tag):
+        if tag == self._open:
+            self._open = None
+
+    def handle_data(self, data):
+        if self._open == "td":
+            self.cells.append(data)
+        elif self._open == "caption":
+            self.captions.append(data)
+
+
+def test_html_tables_and_the_sample_browser_hold_what_a_reader_needs(grid):
+    root, evals, prompts = grid
+    build_report(evals, prompts, root / "tables", root / "plots", root / "pages")
+    parser = _Cells()
+    parser.feed((root / "tables" / "main.html").read_text())
+    assert any("bootstrap" in c for c in parser.captions)
+    assert any(c.startswith("80.0 [") for c in parser.cells)
+    prompts_page = _Cells()
+    prompts_page.feed((root / "tables" / "prompts.html").read_text())
+    assert "prompt of good" in prompts_page.cells
+    browser = _Cells()
+    browser.feed((root / "pages" / "samples_navigate.html").read_text())
+    assert "Question 0?" in browser.cells and "Reasoning 0." in browser.cells
+
+
+def test_a_partial_set_of_evaluation_files_still_gives_every_table(grid):
+    root, evals, prompts = grid
+    lost = [e for e in evals if "/good/" in e and e.endswith("big.json")]
+    for path in lost:
+        Path(path).unlink()
+    build_report(evals, prompts, root / "tables", root / "plots", allow_missing=True)
+    missing = pd.read_csv(root / "tables" / "missing.csv")
+    assert sorted(missing.file) == sorted(lost)
+    transfer = pd.read_csv(root / "tables" / "transfer.csv")
+    assert not ((transfer.method == "good") & (transfer.target == "big")).any()
+    assert "–" in (root / "tables" / "transfer.md").read_text()  # the missing cell is shown as missing
+    with pytest.raises(Exception, match="Cannot read evaluation file"):
+        build_report(evals, prompts, root / "tables", root / "plots")  # without allow_missing: a clear error
+
+
+def test_transfer_only_results_give_a_report_without_same_model_cells(tmp_path):
+    evals = [_write_cell(tmp_path, "navigate", m, "small", "big", 0, _verdicts(m, "big", "navigate"))
+             for m in ("zero_shot_cot", "good")]
+    build_report(evals, [], tmp_path / "tables", tmp_path / "plots")
+    assert "no cells" in (tmp_path / "tables" / "main.md").read_text()
+    transfer = pd.read_csv(tmp_path / "tables" / "transfer.csv")
+    assert transfer[transfer.method == "good"].vs_cot.iloc[0] == pytest.approx(30.0)
+
+
+def test_seeds_are_replicates_of_one_cell(tmp_path):
+    evals = [_write_cell(tmp_path, "navigate", "zero_shot_cot", "small", "small", 0, _verdicts("x", "small", "n"))]
+    for seed, extra in ((0, 12), (1, 4), (2, 8)):
+        evals.append(_write_cell(tmp_path, "navigate", "good", "small", "small", seed,
+                                 [i < 20 + extra for i in range(ROWS)]))
+    build_report(evals, [], tmp_path / "tables", tmp_path / "plots")
+    per_task = pd.read_csv(tmp_path / "tables" / "per_task.csv")
+    good = per_task[per_task.method == "good"].iloc[0]
+    assert good.seeds == 3 and good.accuracy == pytest.approx(100 * np.mean([32, 24, 28]) / ROWS)
+    assert pd.isna(good.vs_cot_p)  # several seeds: the bootstrap interval decides, not McNemar
+
+
+def test_plots_are_written_and_readable(grid):
+    """Every plot is a real image; colour-bar labels and text stay inside the figure."""
+    import matplotlib.image
+
+    root, evals, prompts = grid
+    written = build_report(evals, prompts, root / "tables", root / "plots")
+    plots = [p for p in written if p.suffix == ".png"]
+    assert {p.stem for p in plots} == {"accuracy_vs_task_calls", "vs_cot_per_task", "transfer_heatmap",
+                                       "transfer_vs_cot", "per_task_accuracy", "pareto"}
+    for path in plots:
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 200
+        assert image[..., :3].std() > 0.05  # not blank
+
+
+def test_the_report_command_reads_a_results_folder(grid):
+    root, _, _ = grid
+    result = subprocess.run([sys.executable, "-m", "suite_cli", "report", "--results-dir", str(root),
+                             "--tables-dir", str(root / "t"), "--plots-dir", str(root / "p"),
+                             "--pages-dir", str(root / "s")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    main = pd.read_csv(root / "t" / "main.csv")
+    assert set(main.method) == {"zero_shot_cot", "good", "same"}
