@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -174,6 +175,21 @@ def _report(args) -> None:
         print(f"wrote {path}")
 
 
+def _plan(args) -> None:
+    import yaml
+
+    from suite_errors import SuiteError
+    from suite_plan import plan
+
+    try:
+        config = yaml.safe_load(Path(args.configfile).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise SuiteError(f"cannot read config {args.configfile}: {error}") from None
+    print(f"{args.configfile}:")
+    for line in plan(config or {}, cores=args.cores, benchmark_dir=args.benchmark_dir).lines():
+        print(line)
+
+
 def _manual_prompt(args) -> None:
     import hashlib
 
@@ -292,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--plots-dir", default="results/plots")
     report.add_argument("--pages-dir", default="results/pages", help="the sample browser's HTML pages")
     report.set_defaults(run=_report)
+    preview = commands.add_parser("plan", help="what a config will run and cost, before anything runs")
+    preview.add_argument("--configfile", default="config/default.yaml")
+    preview.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the workflow will use")
+    preview.add_argument("--benchmark-dir", default="logs/benchmark",
+                         help="Snakemake benchmark files of earlier runs on this machine (for the time estimate)")
+    preview.set_defaults(run=_plan)
     manual = commands.add_parser("manual-prompt", help="the prompt contract from hand-written prompts (an external method)")
     manual.add_argument("task")
     manual.add_argument("model")

@@ -1,0 +1,162 @@
+"""What a config will cost, before anything runs (``prompt-suite plan``).
+
+From the validated config alone (the same helpers the workflow uses): the jobs per rule,
+the task and optimizer calls the budgets allow, the test generations of the evaluate
+jobs, and, where earlier runs on this machine left Snakemake benchmark files
+(``logs/benchmark/``), an estimate of the wall time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import suite_config
+
+
+@dataclass
+class Rates:
+    """What earlier runs on this machine took, from Snakemake's benchmark files beside their results."""
+
+    seconds_per_task_call: dict[str, float] = field(default_factory=dict)  # optimize jobs, per task model
+    seconds_per_generation: dict[str, float] = field(default_factory=dict)  # evaluate jobs, per target model
+    seconds_per_job: dict[str, float] = field(default_factory=dict)  # every other rule
+
+
+@dataclass
+class Plan:
+    jobs: dict[str, int]
+    task_calls: dict[str, int]  # per task model: the most its optimization runs may spend
+    optimizer_calls: int
+    test_rows: dict[str, int]  # per task
+    prompt_files_per_task: int
+    test_generations: dict[str, int]  # per target: test rows x prompts x 2 passes (reasoning, answer)
+    rates: Rates
+    cores: int = 1
+
+    @property
+    def estimate(self) -> tuple[float, list[str]] | None:
+        """(seconds on ``cores`` cores, parts without a measurement), or None before any measurement."""
+        rates, seconds, unmeasured = self.rates, 0.0, []
+        for model, calls in self.task_calls.items():
+            rate = rates.seconds_per_task_call.get(model, _mean(rates.seconds_per_task_call))
+            seconds += calls * rate if rate is not None else 0.0
+            unmeasured += [f"optimize on {model}"] if rate is None else []
+        for target, generations in self.test_generations.items():
+            rate = rates.seconds_per_generation.get(target, _mean(rates.seconds_per_generation))
+            seconds += generations * rate if rate is not None else 0.0
+            unmeasured += [f"evaluate on {target}"] if rate is None else []
+        for rule, n in self.jobs.items():
+            if rule not in ("optimize", "evaluate"):
+                seconds += n * rates.seconds_per_job.get(rule, 0.0)
+        if len(unmeasured) == len(self.task_calls) + len(self.test_generations):
+            return None
+        return seconds / self.cores, unmeasured
+
+    def lines(self) -> list[str]:
+        out = ["jobs by rule:"] + [f"  {rule:16s} {n:6d}" for rule, n in self.jobs.items()]
+        out += [f"  {'total':16s} {sum(self.jobs.values()):6d}",
+                "task calls (at most, all optimization runs): " + ", ".join(
+                    f"{calls:,} on {model}" for model, calls in self.task_calls.items()),
+                f"optimizer calls (at most): {self.optimizer_calls:,}",
+                "test rows per task: " + ", ".join(f"{t} {n}" for t, n in self.test_rows.items()),
+                f"prompt files per task: {self.prompt_files_per_task} (identical prompts are evaluated once)",
+                "test generations (rows x prompts x 2 passes): " + ", ".join(
+                    f"{n:,} on {target}" for target, n in self.test_generations.items())]
+        estimate = self.estimate
+        if estimate is None:
+            out.append("estimated wall time: no measurements yet (logs/benchmark/ fills as jobs run on this machine)")
+        else:
+            seconds, unmeasured = estimate
+            out.append(f"estimated wall time on {self.cores} cores: {seconds / 60:.0f} min (budgets fully spent, at "
+                       "the seconds per task call and per test generation measured here before)"
+                       + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else ""))
+        return out
+
+
+def _mean(values: dict[str, float]) -> float | None:
+    return statistics.mean(values.values()) if values else None
+
+
+def _benchmark_seconds(path: Path) -> float | None:
+    try:
+        with path.open() as handle:
+            return float(next(csv.DictReader(handle, delimiter="\t"))["s"])
+    except (OSError, StopIteration, KeyError, ValueError):
+        return None
+
+
+def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: str | Path = "results") -> Rates:
+    """Seconds per task call (optimize) and per test generation (evaluate), from earlier jobs' benchmark
+    files and the results they wrote; mean seconds per job for the other rules."""
+    benchmark_dir, results_dir = Path(benchmark_dir), Path(results_dir)
+    per_call: dict[str, list[float]] = {}
+    for path in benchmark_dir.glob("optimize/*/*/*/seed*.tsv"):
+        task, model, optimizer = path.parts[-4:-1]
+        result = results_dir / "prompts" / task / model / optimizer / f"{path.stem}.json"
+        seconds = _benchmark_seconds(path)
+        try:
+            calls = json.loads(result.read_text())["budget"]["task_calls"]
+        except (OSError, KeyError, ValueError):
+            continue
+        if seconds is not None and calls:
+            per_call.setdefault(model, []).append(seconds / calls)
+    per_generation: dict[str, list[float]] = {}
+    for path in benchmark_dir.glob("evaluate/*/*.tsv"):
+        task, target = path.parts[-2], path.stem
+        cells = [json.loads(p.read_text()) for p in results_dir.glob(f"eval/{task}/*/*/seed*/{target}.json")]
+        generations = 2 * cells[0]["n"] * len({c["prompt"] for c in cells}) if cells else 0  # prompts run once
+        seconds = _benchmark_seconds(path)
+        if seconds is not None and generations:
+            per_generation.setdefault(target, []).append(seconds / generations)
+    per_job: dict[str, list[float]] = {}
+    for path in benchmark_dir.glob("*/**/*.tsv"):
+        rule = path.relative_to(benchmark_dir).parts[0]
+        seconds = _benchmark_seconds(path)
+        if rule not in ("optimize", "evaluate") and seconds is not None:
+            per_job.setdefault(rule, []).append(seconds)
+    mean = lambda groups: {key: statistics.mean(values) for key, values in groups.items()}  # noqa: E731
+    return Rates(mean(per_call), mean(per_generation), mean(per_job))
+
+
+def plan(config: dict, cores: int = 1, benchmark_dir: str | Path = "logs/benchmark",
+         results_dir: str | Path = "results") -> Plan:
+    """``config`` as read from its YAML file; validated here."""
+    from optimizers.base import get_optimizer
+    from tasks import get_task
+    from tasks.heldout import load_test_examples
+
+    config = suite_config.validate_config(config)
+    tasks, models, seeds = config["tasks"], config["models"], config["seeds"]
+    optimizers, external = list(config["optimizers"]), list(config.get("external_methods", {}))
+    targets = list(dict.fromkeys(models + config.get("transfer_targets", []) + list(config.get("endpoint_targets", {}))))
+    writer = suite_config.local_optimizer_model(config)
+    local_models = list(dict.fromkeys(models + config.get("transfer_targets", []) + ([writer] if writer else [])))
+    jobs = {"write_splits": len(tasks), "prepare_model": len(local_models),
+            "optimize": len(tasks) * len(optimizers) * len(models) * len(seeds)}
+    if external:
+        jobs["external methods"] = len(tasks) * len(external) * len(models) * len(seeds)
+    jobs |= {"evaluate": len(tasks) * len(targets), "report": 1}
+    task_calls, optimizer_calls = dict.fromkeys(models, 0), 0
+    for task in tasks:
+        caps = suite_config.budget_for(config, task)
+        for optimizer in map(get_optimizer, optimizers):
+            if optimizer.fixed:
+                continue
+            for model in models:
+                task_calls[model] += len(seeds) * (caps.get("max_task_calls") or 0)
+            if optimizer.uses_optimizer_llm:
+                optimizer_calls += len(models) * len(seeds) * (caps.get("max_optimizer_calls") or 0)
+    limit = (config.get("evaluation") or {}).get("limit")
+    test_rows = {}
+    for task in tasks:
+        rows = len(load_test_examples(get_task(task), data_root=config.get("data_root"),
+                                      allow_download=config.get("allow_download", True)))
+        test_rows[task] = min(rows, limit) if limit else rows
+    prompt_files = (len(optimizers) + len(external)) * len(models) * len(seeds)
+    generations = {target: 2 * sum(test_rows.values()) * prompt_files for target in targets}
+    return Plan(jobs, task_calls, optimizer_calls, test_rows, prompt_files, generations,
+                measured_rates(benchmark_dir, results_dir), cores)

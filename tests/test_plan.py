@@ -1,0 +1,74 @@
+"""`prompt-suite plan`: what a config will run and cost, before anything runs."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from suite_plan import plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _snakemake_jobs(config_file: str) -> dict[str, int]:
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--forceall", "--cores", "1",
+                             "--configfile", config_file], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.MULTILINE)}
+
+
+def test_the_plan_counts_the_jobs_snakemake_will_run():
+    config = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    preview = plan(config)
+    dag = _snakemake_jobs("config/default.yaml")
+    for rule in ("write_splits", "prepare_model", "optimize", "evaluate", "report"):
+        assert preview.jobs[rule] == dag[rule], rule
+    assert preview.jobs["external methods"] == dag["manual_prompts"]
+    # 6 searching methods x 3 tasks x 1 model x 1 seed, each capped at 360 task calls
+    assert preview.task_calls == {"smollm2-135m": 6 * 3 * 360}
+    assert preview.test_rows == {task: 20 for task in config["tasks"]}
+    assert preview.test_generations["qwen2.5-coder-0.5b"] == 2 * 60 * 8
+
+
+def test_the_estimate_scales_measured_rates_to_the_planned_work(tmp_path):
+    config = {"tasks": ["navigate"], "models": ["smollm2-135m"], "optimizers": {"zero_shot_cot": {}, "opro": {}},
+              "budget": {"max_task_calls": 100, "max_optimizer_calls": 10}, "evaluation": {"limit": 10}}
+    bench, results = tmp_path / "logs" / "benchmark", tmp_path / "results"
+    tsv = "s\th:m:s\n{}\t0:00:00\n"
+    (bench / "optimize/navigate/smollm2-135m/opro").mkdir(parents=True)
+    (bench / "optimize/navigate/smollm2-135m/opro/seed0.tsv").write_text(tsv.format(50.0))
+    (results / "prompts/navigate/smollm2-135m/opro").mkdir(parents=True)
+    (results / "prompts/navigate/smollm2-135m/opro/seed0.json").write_text(json.dumps({"budget": {"task_calls": 25}}))
+    (bench / "evaluate/navigate").mkdir(parents=True)
+    (bench / "evaluate/navigate/smollm2-135m.tsv").write_text(tsv.format(40.0))
+    for method, prompt in (("opro", "a"), ("zero_shot_cot", "b"), ("manual", "b")):
+        cell = results / f"eval/navigate/smollm2-135m/{method}/seed0/smollm2-135m.json"
+        cell.parent.mkdir(parents=True)
+        cell.write_text(json.dumps({"n": 10, "prompt": prompt}))
+    (bench / "report").mkdir(parents=True)
+    (bench / "report/report.tsv").write_text(tsv.format(3.0))
+    preview = plan(config, cores=2, benchmark_dir=bench, results_dir=results)
+    # optimize: 2 s per task call x 100; evaluate: 40 s / (2 distinct prompts x 10 rows x 2 passes) = 1 s per
+    # generation x (10 rows x 2 prompt files x 2 passes); report 3 s; no splits or models measured
+    seconds, unmeasured = preview.estimate
+    assert unmeasured == []
+    assert seconds == (2.0 * 100 + 1.0 * 40 + 3.0) / 2
+    assert any("estimated wall time on 2 cores: 2 min" in line for line in preview.lines())
+
+
+def test_without_measurements_the_plan_says_so(tmp_path):
+    config = {"tasks": ["navigate"], "models": ["smollm2-135m"], "optimizers": {"opro": {}}}
+    preview = plan(config, benchmark_dir=tmp_path / "none", results_dir=tmp_path / "none")
+    assert preview.estimate is None
+    assert any("no measurements yet" in line for line in preview.lines())
+
+
+def test_the_plan_command_names_a_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [navigat]\nmodels: [smollm2-135m]\noptimizers: {opro: {}}\n")
+    result = subprocess.run([sys.executable, "-m", "suite_cli", "plan", "--configfile", str(bad)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "navigat" in result.stderr
