@@ -65,3 +65,28 @@ def test_fused_answer_agrees_with_running_the_conversation_again(smollm2):
     again_chosen = [task.chosen(lp) for lp in smollm2.choice_loglikelihoods([smollm2.encode(t) for t in continuations], choice_ids)]
     fused_chosen = [task.chosen(r.answer.choice_logprobs) for r in fused]
     assert sum(f == a for f, a in zip(fused_chosen, again_chosen)) >= 7, list(zip(fused_chosen, again_chosen))
+
+
+@pytest.mark.parametrize("task_name, variant", [("boolean_expressions", "dollar"), ("navigate", "plain")])
+def test_strict_and_lenient_filters_on_real_smollm2_outputs(tmp_path, smollm2, task_name, variant):
+    """lm-eval's two filter pipelines on SmolLM2's real continuations: strict never reads more than lenient,
+    and where the continuation opens with the answer both read the same answer."""
+    from lm_eval.models.huggingface import HFLM
+
+    from evaluation.lmeval import PromptCell, evaluate_cells
+    from tasks.heldout import load_test_examples
+
+    task = tasks.get_task(task_name)
+    examples = load_test_examples(task)[:8]
+    lm = HFLM(pretrained=smollm2.model, tokenizer=smollm2.tokenizer, batch_size=8, device="cpu")
+    result = evaluate_cells(lm, task, examples, [PromptCell("cot", "Let's think step by step.")], tmp_path, 48,
+                            extractor=task.extractor(variant), tokenizer=smollm2.tokenizer)["cot"]
+    samples = result["samples"]
+    assert result["strict_parse_rate"] <= result["lenient_parse_rate"]
+    assert result["strict_parse_rate"] > 0  # real answers were read, not only [invalid]
+    for sample in samples:
+        opens_with_answer = task.answer_format.parse_strict(sample["continuation"]) is not None
+        assert (sample["strict"] != "[invalid]") == opens_with_answer, sample["continuation"]
+        if opens_with_answer:
+            assert sample["strict"] == sample["lenient"], sample
+    assert result["strict_accuracy"] == sum(s["strict"] == s["gold"] for s in samples) / len(samples)
