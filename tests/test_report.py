@@ -195,3 +195,16 @@ def test_the_report_command_reads_a_results_folder(grid):
     assert result.returncode == 0, result.stderr
     main = pd.read_csv(root / "t" / "main.csv")
     assert set(main.method) == {"zero_shot_cot", "good", "same"}
+
+
+def test_published_numbers_stand_beside_ours_when_the_setting_matches(tmp_path):
+    evals = [_write_cell(tmp_path, task, method, "llama-3-8b-instruct", "llama-3-8b-instruct", 0,
+                         _verdicts(method, "", task))
+             for task in ("navigate", "snarks") for method in ("zero_shot_cot", "good", "ape")]
+    build_report(evals, [], tmp_path / "tables", tmp_path / "plots")
+    published = pd.read_csv(tmp_path / "tables" / "published.csv")
+    assert len(published) == 1  # only APE on BBH with Llama-3-8B is in both
+    row = published.iloc[0]
+    assert (row.method, row.column, row.published) == ("ape", "BBH average", 63.1)
+    assert row.ours_minus_published == pytest.approx(50.0 - 63.1)
+    assert "63.1" in (tmp_path / "tables" / "published.md").read_text()
