@@ -11,11 +11,13 @@ EXTRA_STAMP := $(VENV)/.installed-extra-models
 
 .PHONY: run test smoke bench install clean-venv
 
-run: $(EXTRA_STAMP)  ## the default config's DAG on the embedded offline models
+run: $(EXTRA_STAMP)  ## the default config's DAG on the embedded offline models, and its HTML report
 	$(OFFLINE) $(BIN)/snakemake --cores $(CORES) --configfile config/default.yaml
+	$(OFFLINE) $(BIN)/snakemake --report results/report.html --configfile config/default.yaml
 
-smoke: $(CORE_STAMP)  ## the smoke config's DAG (what CI runs)
+smoke: $(CORE_STAMP)  ## the smoke config's DAG and its HTML report (what CI runs)
 	$(OFFLINE) $(BIN)/snakemake --cores $(CORES) --configfile config/smoke.yaml
+	$(OFFLINE) $(BIN)/snakemake --report results/report.html --configfile config/smoke.yaml
 
 test: $(CORE_STAMP)  ## the test suite (offline; real SmolLM2 and a real loopback server)
 	$(OFFLINE) $(BIN)/python -m pytest -q
