@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,16 +72,20 @@ def main() -> None:
                               terms.extractor_for(model_name))
             test_score = {}
 
-            def on_test(prompt: str) -> float:
+            def on_test(prompt: str):
                 if prompt not in test_score:
-                    test_score[prompt] = harness.evaluate(prompt, test).accuracy
+                    test_score[prompt] = harness.evaluate(prompt, test)
                 return test_score[prompt]
+
+            def answer_shares(evaluation) -> dict:
+                """How often each answer was given: a prompt that only moved the model's preference shows here."""
+                return {a: n / len(test) for a, n in Counter(evaluation.answers).most_common()}
 
             for setting in args.settings:
                 options = {**config["optimizers"]["greater"], **SETTINGS[setting]}
                 budget = suite_config.budget_for(config, task_name)
                 started = time.perf_counter()
-                context = RunContext(data=data, task_model=model, terms=terms, seed=config["seed"],
+                context = RunContext(data=data, task_model=model, terms=terms, seed=config["seeds"][0],
                                      budget=Budget(budget["max_task_calls"], budget["max_optimizer_calls"]))
                 result = get_optimizer("greater")(**options).optimize(context)
                 seconds = time.perf_counter() - started
@@ -93,7 +98,11 @@ def main() -> None:
                     "answer_loss": [s.get("answer_loss") for s in steps], "prompts": [s["prompt"] for s in steps],
                     "chosen": result.prompt, "changed": result.prompt != terms.initial_prompt,
                     "dev_chosen": dev.get(result.prompt), "dev_initial": dev.get(terms.initial_prompt),
-                    "test_chosen": on_test(result.prompt), "test_zero_shot_cot": on_test(terms.initial_prompt),
+                    "test_chosen": on_test(result.prompt).accuracy,
+                    "test_zero_shot_cot": on_test(terms.initial_prompt).accuracy,
+                    "test_answers_chosen": answer_shares(on_test(result.prompt)),
+                    "test_answers_zero_shot_cot": answer_shares(on_test(terms.initial_prompt)),
+                    "test_gold": {g: n / len(test) for g, n in Counter(e.gold for e in test).most_common()},
                     "test_rows": len(test), "seconds": seconds,
                 }
                 results.append(row)
@@ -102,7 +111,8 @@ def main() -> None:
                       f"{row['loss'][0]:.3f} -> {row['loss'][-1]:.3f}; chosen {result.prompt!r} "
                       f"(changed: {row['changed']}); dev {row['dev_chosen']:.3f} vs initial {row['dev_initial']:.3f}; "
                       f"test {row['test_chosen']:.3f} vs zero-shot CoT {row['test_zero_shot_cot']:.3f} "
-                      f"({len(test)} rows); {seconds:.0f} s", flush=True)
+                      f"({len(test)} rows); answers chosen {row['test_answers_chosen']}, zero-shot CoT "
+                      f"{row['test_answers_zero_shot_cot']}, gold {row['test_gold']}; {seconds:.0f} s", flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"config": args.config, "terms": terms.model_dump(), "results": results},
                                             indent=1))
