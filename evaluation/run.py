@@ -27,9 +27,18 @@ from tasks.heldout import load_test_examples
 
 
 def output_path(output_dir: str | Path, record: dict, target: str) -> Path:
-    """``{output_dir}/{task}/{source}/{optimizer}/seed{seed}/{target}.json``: the prompt's seed is its replicate."""
-    return (Path(output_dir) / record["task"] / record["model"] / record["optimizer"]
-            / f"seed{record['provenance']['seed']}" / f"{target}.json")
+    """``{output_dir}/{task}/{source}/{optimizer}/seed{seed}/{target}.json``: the prompt's seed is its replicate.
+
+    The names come from the prompt file (checked by the contract's name pattern); the
+    path is checked again here, so no file content can place a result outside ``output_dir``.
+    """
+    root = Path(output_dir).resolve()
+    path = (root / record["task"] / record["model"] / record["optimizer"] / f"seed{int(record['provenance']['seed'])}"
+            / f"{target}.json").resolve()
+    if not path.is_relative_to(root):
+        raise SuiteError(f"Prompt file fields {record['task']!r}/{record['model']!r}/{record['optimizer']!r} would "
+                         f"write outside {output_dir}")
+    return path
 
 
 def read_prompt_file(path: str | Path) -> dict:

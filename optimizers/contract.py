@@ -166,14 +166,20 @@ class Provenance(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+#: a name that is safe as one path component (no separators, no leading dot)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
 class PromptResult(BaseModel):
-    """``results/prompts/{task}/{model}/{method}.json``: the contract between methods and evaluation."""
+    """``results/prompts/{task}/{model}/{method}/seed{seed}.json``: the contract between methods and evaluation."""
 
-    model_config = ConfigDict(extra="forbid", title="Optimized prompt: results/prompts/{task}/{model}/{method}.json")
+    model_config = ConfigDict(extra="forbid",
+                              title="Optimized prompt: results/prompts/{task}/{model}/{method}/seed{seed}.json")
 
-    optimizer: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="registered optimizer or external method")
-    task: str
-    model: str = Field(description="the task model the prompt was optimized on")
+    # These three become path components of the evaluation files: one plain name each, never a path.
+    optimizer: str = Field(pattern=NAME_PATTERN, description="registered optimizer or external method")
+    task: str = Field(pattern=NAME_PATTERN)
+    model: str = Field(pattern=NAME_PATTERN, description="the task model the prompt was optimized on")
     prompt: str = Field(description="the chosen text for the prompt slot (after the question)")
     initial_prompt: str
     optimizer_llm: ModelRecord | None = Field(None, description="the model that wrote candidate prompts, if any")

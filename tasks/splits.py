@@ -8,6 +8,7 @@ a split file made from other data is refused.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def _examples_and_splits(task: Task, root: Path, split_file, allow_download: boo
     by_id = {row.id: row for rows in examples.values() for row in rows}
     checksums = task.data_checksums(root)
     split = task.split_ids(examples) if split_file is None else read_split_file(split_file, task, checksums)
+    check_disjoint(split, split_file or f"of {task.name}")
     missing = [row_id for ids in (split.train, split.dev, split.test) for row_id in ids if row_id not in by_id]
     if missing:
         raise DataError(f"Split file {split_file} names rows absent from the data, e.g. {missing[:3]}.")
@@ -95,4 +97,23 @@ def read_split_file(path, task: Task, checksums: dict[str, str]) -> SplitIds:
             f"Split file {path} was made from other data files than those under the data root "
             f"(recorded {record.get('data_sha256')}, found {checksums}); write the splits again."
         )
-    return SplitIds(tuple(record["train"]), tuple(record["dev"]), tuple(record["test"]))
+    missing = [name for name in ("train", "dev", "test") if not isinstance(record.get(name), list)]
+    if missing:
+        raise DataError(f"Split file {path} has no {', '.join(missing)} id list; write the splits again.")
+    split = SplitIds(tuple(record["train"]), tuple(record["dev"]), tuple(record["test"]))
+    check_disjoint(split, path)
+    return split
+
+
+def check_disjoint(split: SplitIds, source) -> None:
+    """Train, dev and test must not share a row: an optimizer that saw a test row would have seen the answer."""
+    parts = {"train": split.train, "dev": split.dev, "test": split.test}
+    for name, ids in parts.items():
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if repeated:
+            raise DataError(f"Split {source} lists rows twice in {name}, e.g. {repeated[:3]}.")
+    for first, second in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        shared = sorted(set(parts[first]) & set(parts[second]))
+        if shared:
+            raise DataError(f"Split {source} puts {len(shared)} rows in both {first} and {second}, e.g. "
+                            f"{shared[:3]}: the optimizers would see rows they are tested on. Write the splits again.")

@@ -145,3 +145,24 @@ def test_build_lm_reads_whether_the_target_has_a_chat_template():
     base = register_model(dataclasses.replace(smollm2, name="smollm2-135m-read-as-base", chat=False))
     assert build_lm("hf", smollm2.name)[1]["chat"] is True
     assert build_lm("hf", base.name)[1]["chat"] is False
+
+
+@pytest.mark.parametrize("field, value, escapes", [("model", "../../outside", True), ("task", "/tmp/x", True),
+                                                   ("optimizer", ".hidden", False)])
+def test_a_prompt_file_cannot_place_results_outside_the_output_folder(tmp_path, field, value, escapes):
+    """Fields of a prompt file become path components of its evaluation files: plain names only."""
+    from evaluation.run import output_path, read_prompt_file
+    from suite_errors import SuiteError
+    from tests.conftest import optimize
+
+    record = optimize("zero_shot_cot")
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(record))
+    assert output_path(tmp_path / "eval", read_prompt_file(good), "smollm2-135m").is_relative_to(tmp_path / "eval")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(record | {field: value}))
+    with pytest.raises(SuiteError, match=f"{bad}.*{field}"):
+        read_prompt_file(bad)
+    if escapes:  # and were the contract bypassed, the path itself is checked
+        with pytest.raises(SuiteError, match="would write outside"):
+            output_path(tmp_path / "eval", record | {field: value}, "smollm2-135m")

@@ -6,6 +6,7 @@ import re
 import pytest
 
 import tasks
+from suite_errors import DataError
 from tasks.extractors import VARIANTS
 from tasks.heldout import load_test_examples
 
@@ -158,3 +159,18 @@ def test_split_file_for_other_task_or_data_is_refused(tmp_path):
     path.write_text(json.dumps(record))
     with pytest.raises(DataError, match="other data files"):
         tasks.load_task_data("snarks", split_file=path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r | {"train": r["train"][:-1] + [r["test"][0]]}, "in both train and test"),
+    (lambda r: r | {"dev": r["dev"] + r["dev"][:1]}, "lists rows twice in dev"),
+    (lambda r: {k: v for k, v in r.items() if k != "train"}, "has no train id list"),
+])
+def test_a_split_file_that_would_leak_or_is_incomplete_is_refused(tmp_path, edit, message):
+    """The optimizers never see test rows, even when someone edits a split file."""
+    path = tasks.write_splits("snarks", tmp_path / "snarks.json")
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(record)))
+    with pytest.raises(DataError, match=message) as error:
+        tasks.load_task_data("snarks", split_file=path)
+    assert str(path) in str(error.value)
