@@ -225,6 +225,16 @@ def _manual_prompt(args) -> None:
     print(f"wrote {args.output}: {prompt!r}")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prompt-suite", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -267,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--checkpoint", default=None, help="default: OUTPUT.checkpoint.json")
     optimize.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     optimize.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    optimize.add_argument("--batch-size", type=int, default=64, help="generation batch size")
-    optimize.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    optimize.add_argument("--batch-size", type=_positive_int, default=64, help="generation batch size")
+    optimize.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's choice)")
     optimize.set_defaults(run=_optimize)
     evaluate = commands.add_parser("evaluate", help="evaluate optimized prompts on a target model (lm-eval, test split)")
     evaluate.add_argument("task")
@@ -278,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workdir", default=None, help="where lm-eval task YAMLs and documents are written")
     evaluate.add_argument("--split-file", default=None)
     evaluate.add_argument("--data-root", default=None)
-    evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N test rows")
+    evaluate.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N test rows")
     evaluate.add_argument("--max-reasoning-tokens", type=int, default=512)
     evaluate.add_argument("--extractor", default="dollar", choices=["dollar", "gemma2", "plain"],
                           help="the target model's extractor variant (terms.extractor / terms.extractor_by_model)")
@@ -296,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="do not reuse or store responses (an interrupted job then starts over)")
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=16)
     evaluate.set_defaults(run=_evaluate)
     report = commands.add_parser("report", help="tables (CSV, Markdown, LaTeX) and plots from evaluation files")
     report.add_argument("--eval-files", nargs="+", help="evaluation files (.json beside their .samples.jsonl)")

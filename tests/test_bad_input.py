@@ -135,3 +135,15 @@ def test_bad_generation_options_fail_before_work():
 
     with pytest.raises(ValueError, match="Unknown dtype 'fp8'"):
         load_model("smollm2-135m", dtype="fp8")
+
+
+@pytest.mark.parametrize("flag, value", [("--limit", "0"), ("--limit", "-1"), ("--batch-size", "0")])
+def test_cli_counts_must_be_positive(flag, value):
+    """--limit 0 once meant "all" and -1 "all but one": now both are refused with the flag named, exit 2."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "suite_cli", "evaluate", "navigate", "smollm2-135m",
+                             "--prompt-files", "p.json", flag, value], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"argument {flag}: '{value}' is not a positive integer" in result.stderr

@@ -77,6 +77,7 @@ BASE = "tasks: [navigate]\nmodels: [smollm2-135m]\noptimizers: {zero_shot_cot: {
     ("terms: {initial_prompt: ''}", "terms.initial_prompt: '' should be non-empty"),
     ("budget: {families: {bbhh: {max_task_calls: 5}}}", "budget.families: 'bbhh' is not one of ['bbh', 'folio', 'gsm8k']"),
     ("budget: {tasks: {navigate: {max_task_calls: -1}}}", "budget.tasks.navigate.max_task_calls: -1 is less than"),
+    ("runtime: {device: gpu}", "runtime.device: 'gpu' does not match"),
     ("optimizer_llm: {model: gpt-9}", "Unknown model 'gpt-9'"),
 ])
 def test_bad_values_are_named_by_their_json_path(tmp_path, text, message):
