@@ -18,6 +18,8 @@ prompts only through ``llm`` (the optimizer LLM, charged per completion).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -229,9 +231,14 @@ class Run:
     # ---- checkpoints ---------------------------------------------------------------------------------
     def _binding(self) -> dict:
         """What determines the run: a checkpoint written under anything else is refused."""
+        rows = {"train": [e.id for e in self.data.train], "dev": [e.id for e in self.data.dev]}
         return {"optimizer": self.name, "task": self.task.name, "options": self.o.model_dump(mode="json"),
                 "terms": self.terms.model_dump(mode="json"), "seed": self.seed,
-                "max_task_calls": self.budget.max_task_calls, "max_optimizer_calls": self.budget.max_optimizer_calls}
+                "max_task_calls": self.budget.max_task_calls, "max_optimizer_calls": self.budget.max_optimizer_calls,
+                "task_model": describe_model(self.model),
+                "optimizer_llm": describe_model(self.optimizer_backend) if self.optimizer_backend is not None else None,
+                "data": {"sha256": self.data.data_sha256,
+                         "rows": hashlib.sha256(json.dumps(rows).encode()).hexdigest()}}
 
     def _save(self, state: dict) -> None:
         checkpoint = self.context.checkpoint

@@ -1,5 +1,6 @@
 """GReaTer: gradient correctness, proposal logic, budget, checkpoint and resume."""
 
+import dataclasses
 import json
 import os
 import random
@@ -199,6 +200,22 @@ def test_checkpoint_with_other_options_is_refused(tmp_path):
         _greater(checkpoint=checkpoint, topk=6)
     with pytest.raises(OptionError, match="belongs to a run with other max_task_calls, seed"):
         _greater(checkpoint=checkpoint, seed=3, budget=Budget(500))
+    with pytest.raises(OptionError, match="belongs to a run with other task_model"):
+        _greater(checkpoint=checkpoint, model=tiny_local_model(seed=1))
+
+
+def test_checkpoint_of_other_train_or_dev_rows_is_refused(tmp_path, monkeypatch):
+    checkpoint = Checkpoint(tmp_path / "c.json")
+    _greater(checkpoint=checkpoint)
+    original = tasks.load_task_data
+
+    def fewer_dev_rows(name, **kwargs):
+        data = original(name, **kwargs)
+        return dataclasses.replace(data, dev=data.dev[1:])
+
+    monkeypatch.setattr(tasks, "load_task_data", fewer_dev_rows)
+    with pytest.raises(OptionError, match="belongs to a run with other data"):
+        _greater(checkpoint=checkpoint)
 
 
 def test_prefix_cache_changes_speed_not_results():
