@@ -101,7 +101,8 @@ def response_cache_path(cache_dir, target_description: dict) -> Path:
     path carries the model's identity: its checksum and dtype, or the endpoint's address.
     """
     identity = json.dumps({key: target_description.get(key) for key in
-                           ("backend", "name", "checksum", "dtype", "device", "base_url", "model")}, sort_keys=True)
+                           ("backend", "name", "checksum", "weights_sha256", "dtype", "device", "base_url", "model")},
+                          sort_keys=True)
     label = target_description.get("name") or "endpoint"
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     return root / "lmeval" / f"{label}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"

@@ -64,7 +64,7 @@ class LocalModel(Backend):
         self.spec, self.prepared, self.model, self.tokenizer = spec, prepared, model, tokenizer
         self.dtype, self.batch_size = dtype, batch_size
         self.device = next(model.parameters()).device
-        self.identity = f"{prepared.checksum}:{dtype}:{self.device.type}"
+        self.identity = f"{prepared.identity}:{dtype}:{self.device.type}"
         self.uses_chat_template = spec.chat and bool(getattr(tokenizer, "chat_template", None))
         self.reasoning_stop = () if self.uses_chat_template else PLAIN_STOP
         self.eos_ids = self._end_ids()

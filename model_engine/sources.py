@@ -32,9 +32,17 @@ class PreparedModel:
     """A folder ``from_pretrained`` can load, and what produced it."""
 
     path: str
-    #: identifies the exact weights: sha256 of the GGUF, or the hub commit
+    #: identifies the source: sha256 of the GGUF, or the hub commit
     checksum: str
     source: str
+    #: sha256 over the files actually loaded (a converted folder, verified before every load); None for hub
+    #: snapshots, which the hub addresses by content
+    weights_sha256: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What cache keys use: the loaded weights where known, else the source."""
+        return self.weights_sha256 or self.checksum
 
 
 def hub_offline() -> bool:
@@ -98,17 +106,55 @@ def sha256_of(paths: list[Path]) -> str:
 
 def _prepare_offline(spec: ModelSpec, source: OfflineSource, cache: Path) -> PreparedModel:
     target = cache / "models" / f"{spec.name}-{source.sha256[:12]}"
-    prepared = PreparedModel(path=str(target), checksum=source.sha256, source=f"gguf:{source.filename}")
-    if (target / _MARKER).is_file():
-        return prepared
-    parts = locate_parts(source)
-    actual = sha256_of(parts)
-    if actual != source.sha256:
-        raise ChecksumError(", ".join(map(str, parts)), source.sha256, actual)
-    with _file_lock(target.with_suffix(".lock")):
-        if not (target / _MARKER).is_file():  # another job may have converted it meanwhile
-            _convert(spec, parts, target)
-    return prepared
+    if not _converted(target):
+        parts = locate_parts(source)
+        actual = sha256_of(parts)
+        if actual != source.sha256:
+            raise ChecksumError(", ".join(map(str, parts)), source.sha256, actual)
+        with _file_lock(target.with_suffix(".lock")):
+            if not _converted(target):  # another job may have converted it meanwhile
+                _convert(spec, parts, target)
+    return PreparedModel(path=str(target), checksum=source.sha256, source=f"gguf:{source.filename}",
+                         weights_sha256=verify_converted(target))
+
+
+def _converted(target: Path) -> bool:
+    """A finished conversion that records its files' checksums (older ones are converted again)."""
+    try:
+        return "files" in json.loads((target / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+#: folders verified in this process: path -> (size, mtime) of each file, so a job hashes its weights once
+_VERIFIED: dict[str, dict[str, tuple[int, int]]] = {}
+
+
+def verify_converted(target: Path) -> str:
+    """Check every file of a converted folder against the sha256 recorded at conversion, before any load.
+
+    Returns the digest of those checksums (what the generation and response caches key on).
+    A damaged folder fails here, naming the folder and the file, instead of loading wrong weights.
+    """
+    files = json.loads((target / _MARKER).read_text())["files"]
+    stamps = {}
+    for name, expected in files.items():
+        path = target / name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise ModelSourceError(f"The converted model folder {target} lacks {name}; delete the folder to "
+                                   "convert the model again.") from None
+        stamps[name] = (stat.st_size, stat.st_mtime_ns)
+    if _VERIFIED.get(str(target)) != stamps:
+        for name, expected in files.items():
+            actual = sha256_of([target / name])
+            if actual != expected:
+                raise ModelSourceError(
+                    f"The converted model folder {target} has a damaged or replaced {name} (sha256 {actual}, "
+                    f"written at conversion as {expected}); delete the folder to convert the model again.")
+        _VERIFIED[str(target)] = stamps
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 @contextmanager
@@ -145,7 +191,13 @@ def _convert(spec: ModelSpec, parts: list[Path], target: Path) -> None:
         staged = Path(work) / "converted"
         model.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
-        (staged / _MARKER).write_text(json.dumps({"model": spec.name, "hf_id": spec.hf_id, "gguf": [str(p) for p in parts]}))
+        write_marker(staged, {"model": spec.name, "hf_id": spec.hf_id, "gguf": [str(p) for p in parts]})
         if target.exists():
             shutil.rmtree(target)
         os.replace(staged, target)
+
+
+def write_marker(folder: Path, description: dict) -> None:
+    """Finish a converted folder: its description and the sha256 of every file in it."""
+    files = {p.name: sha256_of([p]) for p in sorted(folder.iterdir()) if p.is_file() and p.name != _MARKER}
+    (folder / _MARKER).write_text(json.dumps({**description, "files": files}, indent=1))

