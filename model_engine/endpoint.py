@@ -23,6 +23,9 @@ _RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimi
 _MAX_STOP_STRINGS = 4  # the OpenAI API accepts at most four; the rest are applied locally
 
 
+CHECK_TIMEOUT_S = 15.0
+
+
 class EndpointModel(Backend):
     def __init__(
         self,
@@ -32,6 +35,7 @@ class EndpointModel(Backend):
         timeout_s: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 1.0,
+        check_timeout_s: float | None = None,
         cache: GenerationCache | None = None,
         meter: UsageMeter | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -46,6 +50,8 @@ class EndpointModel(Backend):
                 raise EndpointError(f"Endpoint {base_url}: the API key variable {api_key_env} is not set.")
         self.base_url, self.model = base_url.rstrip("/"), model
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        #: the start-up check's own limit: a dead or silent server fails in seconds, not after every retry
+        self.check_timeout_s = check_timeout_s if check_timeout_s is not None else min(timeout_s, CHECK_TIMEOUT_S)
         self.identity = f"endpoint:{self.base_url}:{model}"
         self._sleep = sleep
         # Retries are ours (bounded, logged, with our message), not the client's.
@@ -55,15 +61,20 @@ class EndpointModel(Backend):
         return f"endpoint {self.base_url} (model {self.model!r})"
 
     def check(self) -> None:
-        """A one-token request, to fail fast before expensive work starts."""
-        self._request([{"role": "user", "content": "Say OK."}], GenerationParams(max_new_tokens=1))
+        """One one-token request with a short timeout and no retry, to fail fast before expensive work starts."""
+        try:
+            self._request([{"role": "user", "content": "Say OK."}], GenerationParams(max_new_tokens=1),
+                          timeout_s=self.check_timeout_s, attempts=1)
+        except EndpointError as error:
+            raise EndpointError(f"{self.describe()} did not answer the start-up check (a one-token request, "
+                                f"{self.check_timeout_s:g} s): {error}") from error
 
     def _generate_chat(self, requests: list[list[dict]], params: GenerationParams, sample_indices: list[int],
                        assistant_prefix: str) -> list[Completion]:
         return [self._request(messages, params, index, assistant_prefix) for messages, index in zip(requests, sample_indices)]
 
     def _request(self, messages: list[dict], params: GenerationParams, sample_index: int = 0,
-                 assistant_prefix: str = "") -> Completion:
+                 assistant_prefix: str = "", timeout_s: float | None = None, attempts: int | None = None) -> Completion:
         if assistant_prefix:  # the chat API cannot continue a reply: ask for the opening instead
             messages = messages[:-1] + [{**messages[-1], "content": messages[-1]["content"]
                                          + f'\n\nBegin your reply with "{assistant_prefix.strip()}".'}]
@@ -78,12 +89,15 @@ class EndpointModel(Backend):
             arguments["top_p"] = params.top_p
         if params.stop:
             arguments["stop"] = list(params.stop[:_MAX_STOP_STRINGS])
+        timeout_s = timeout_s or self.timeout_s
+        client = self.client if timeout_s == self.timeout_s else self.client.with_options(timeout=timeout_s)
+        attempts = attempts or self.max_retries + 1
         last_error: Exception | None = None
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(attempts):
             if attempt:
                 self._sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                response = self.client.chat.completions.create(**arguments)
+                response = client.chat.completions.create(**arguments)
             except _RETRYABLE as error:
                 last_error = error
                 continue
@@ -98,8 +112,8 @@ class EndpointModel(Backend):
                 return completion
             last_error = EndpointError("the response held no choices or no text")
         raise EndpointError(
-            f"{self.describe()} failed after {self.max_retries + 1} attempts "
-            f"(timeout {self.timeout_s:g} s each): {_short(last_error)}"
+            f"{self.describe()} failed after {attempts} attempts "
+            f"(timeout {timeout_s:g} s each): {_short(last_error)}"
         ) from last_error
 
 

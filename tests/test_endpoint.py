@@ -41,8 +41,22 @@ def test_unreachable_endpoint_fails_clearly_after_bounded_retries():
     endpoint = EndpointModel(url, "m", **FAST)
     started = time.perf_counter()
     with pytest.raises(EndpointError, match=rf"endpoint {url} \(model 'm'\) failed after 3 attempts.*APIConnectionError"):
-        endpoint.check()
+        endpoint.chat(["hi"])
     assert time.perf_counter() - started < 10
+    with pytest.raises(EndpointError, match=rf"{url}.*did not answer the start-up check.*failed after 1 attempts"):
+        endpoint.check()
+
+
+def test_a_silent_server_fails_the_start_up_check_in_seconds():
+    """A socket that accepts and never answers: the check gives up after its own short limit, once."""
+    with serve(_ok_body, delay_s=30.0) as (url, hits):
+        endpoint = EndpointModel(url + "/v1", "m", timeout_s=300, max_retries=3, check_timeout_s=1.0)
+        started = time.perf_counter()
+        with pytest.raises(EndpointError, match=r"start-up check \(a one-token request, 1 s\).*APITimeoutError"):
+            endpoint.check()
+        assert time.perf_counter() - started < 5
+    assert len(hits) == 1
+    assert EndpointModel("http://x/v1", "m", timeout_s=300).check_timeout_s == 15.0
 
 
 def test_server_errors_are_retried_then_reported():
