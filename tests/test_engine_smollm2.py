@@ -11,7 +11,9 @@ pytestmark = pytest.mark.integration
 def test_offline_source_is_checked_and_identified(smollm2):
     assert smollm2.prepared.checksum == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert smollm2.prepared.source == "gguf:SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert smollm2.identity.startswith(smollm2.prepared.checksum)
+    # caches key on the verified weights of the converted folder, not only on the GGUF they came from
+    assert len(smollm2.prepared.weights_sha256) == 64
+    assert smollm2.identity.startswith(smollm2.prepared.weights_sha256)
     assert smollm2.uses_chat_template
     assert "<|im_start|>user\nhi<|im_end|>" in smollm2.render([{"role": "user", "content": "hi"}])
 

@@ -74,7 +74,7 @@ def test_killed_workflow_restarts_without_redoing_finished_jobs(tmp_path):
 
     after = _finished_outputs(tmp_path)
     assert {path: after[path] for path in finished} == finished, "a finished job was redone"
-    greater_log = (tmp_path / "logs/optimize/navigate/smollm2-135m/greater.log").read_text()
+    greater_log = (tmp_path / "logs/optimize/navigate/smollm2-135m/greater/seed0.log").read_text()
     assert "[greater] resuming after step" in greater_log
     assert not (tmp_path / CHECKPOINT).exists()  # removed once the result is written
     table = (tmp_path / "results/tables/main.csv").read_text()
