@@ -24,6 +24,7 @@ from optimizers.base import validate_result
 from suite_errors import SuiteError
 from tasks import get_task
 from tasks.heldout import load_test_examples
+from tasks.prompt_slot import plain_context, user_message
 
 
 def output_path(output_dir: str | Path, record: dict, target: str) -> Path:
@@ -108,6 +109,31 @@ def response_cache_path(cache_dir, target_description: dict) -> Path:
     return root / "lmeval" / f"{label}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
 
+#: room left for the answer after the extractor (the answer pass generates at most this many tokens)
+ANSWER_ROOM = 16
+
+
+def check_context_lengths(tokenizer, max_length: int | None, records: dict[str, dict], examples, max_reasoning_tokens: int,
+                          extractor: str, chat: bool) -> None:
+    """Refuse, before any generation, a prompt and test row that cannot fit the target's context with room for
+    the reasoning, the extractor and the answer (lm-eval would otherwise cut the question away without a word)."""
+    room = max_reasoning_tokens + len(tokenizer(" " + extractor, add_special_tokens=False)["input_ids"]) + ANSWER_ROOM
+    longest = max(examples, key=lambda e: len(e.question))
+    for path, record in records.items():
+        message = user_message(longest.question, record["prompt"])
+        if chat and getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                                tokenize=True)
+            length = len(ids if isinstance(ids, list) else ids["input_ids"])
+        else:
+            length = len(tokenizer(plain_context(message))["input_ids"])
+        if length + room > max_length:
+            raise SuiteError(
+                f"Prompt file {path}: its prompt ({len(record['prompt'])} characters) with test row {longest.id} takes "
+                f"{length} tokens, and with {room} more for the reasoning, extractor and answer exceeds the target's "
+                f"context of {max_length} tokens; shorten the prompt or lower terms.max_reasoning_tokens")
+
+
 def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict], output_dir: str, workdir: str,
                           lm, target_description: dict, split_file=None, data_root=None, limit: int | None = None,
                           max_reasoning_tokens: int = 512, extractor_variant: str = DEFAULT_VARIANT,
@@ -127,6 +153,9 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
     cells = {(r["model"], r["optimizer"], r["provenance"]["seed"]): (path, r) for path, r in records.items()}
     if len(cells) < len(records):
         raise SuiteError(f"Two prompt files of {task.name} are for the same model, method and seed")
+    if target_description.get("backend") != "endpoint":  # a server reports its own limit
+        check_context_lengths(lm.tokenizer, lm.max_length, records, examples, max_reasoning_tokens,
+                              task.extractor(extractor_variant).text, target_description.get("chat", True))
     # A prompt shared by several files (zero-shot CoT under every seed, a run that kept the initial prompt)
     # is evaluated once.
     prompts = list(dict.fromkeys(record["prompt"] for record in records.values()))

@@ -166,3 +166,27 @@ def test_a_prompt_file_cannot_place_results_outside_the_output_folder(tmp_path, 
     if escapes:  # and were the contract bypassed, the path itself is checked
         with pytest.raises(SuiteError, match="would write outside"):
             output_path(tmp_path / "eval", record | {field: value}, "smollm2-135m")
+
+
+def test_a_prompt_that_cannot_fit_the_context_is_refused_before_any_generation(tmp_path):
+    """lm-eval would cut the question away silently and score an ordinary 0%."""
+    from lm_eval.models.huggingface import HFLM
+
+    from evaluation.run import evaluate_prompt_files
+    from suite_errors import SuiteError
+
+    model = tiny_local_model()
+    lm = HFLM(pretrained=model.model, tokenizer=model.tokenizer, batch_size=2, device="cpu", max_length=1024)
+
+    def never(*args, **kwargs):
+        raise AssertionError("generation started")
+
+    lm.generate_until = lm.loglikelihood = never
+    base = {"task": "navigate", "model": "tiny", "optimizer": "manual", "provenance": {"seed": 0}}
+    records = {"short.json": base | {"prompt": "Think."},
+               "long.json": base | {"optimizer": "verbose", "prompt": "Think hard. " * 400}}
+    with pytest.raises(SuiteError, match=r"Prompt file long\.json: its prompt \(4800 characters\) with test row "
+                                         r"bbh/navigate#\d+ takes \d+ tokens.*context of 1024 tokens"):
+        evaluate_prompt_files("navigate", "tiny", records, str(tmp_path / "eval"), str(tmp_path / "work"), lm,
+                              {"chat": True}, max_reasoning_tokens=64)
+    assert not (tmp_path / "eval").exists()
