@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--batch-size", type=_positive_int, default=16)
     evaluate.set_defaults(run=_evaluate)
-    report = commands.add_parser("report", help="tables (CSV, Markdown, LaTeX) and plots from evaluation files")
+    report = commands.add_parser(
+        "report", help="tables (CSV, Markdown, LaTeX, HTML), plots and sample pages from evaluation files")
     report.add_argument("--eval-files", nargs="+", help="evaluation files (.json beside their .samples.jsonl)")
     report.add_argument("--prompt-files", nargs="+", help="the prompt files the evaluations came from")
     report.add_argument("--results-dir", help="report on every evaluation and prompt file under this folder")

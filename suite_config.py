@@ -117,3 +117,16 @@ def local_optimizer_model(config: dict) -> str | None:
     model itself (self-optimization) or an endpoint."""
     llm = config.get("optimizer_llm")
     return llm["model"] if llm and "base_url" not in llm else None
+
+
+def target_models(config: dict) -> list[str]:
+    """Every model a prompt is evaluated on: the task models, the transfer targets, the endpoint targets."""
+    return list(dict.fromkeys(config["models"] + config.get("transfer_targets", [])
+                              + list(config.get("endpoint_targets", {}))))
+
+
+def local_models(config: dict) -> list[str]:
+    """Every model a job loads (one prepare_model job each): the task models, the local transfer
+    targets and a local optimizer LLM."""
+    writer = local_optimizer_model(config)
+    return list(dict.fromkeys(config["models"] + config.get("transfer_targets", []) + ([writer] if writer else [])))

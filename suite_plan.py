@@ -118,8 +118,11 @@ def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: st
         seconds = _benchmark_seconds(path)
         if rule not in ("optimize", "evaluate") and seconds is not None:
             per_job.setdefault(rule, []).append(seconds)
-    mean = lambda groups: {key: statistics.mean(values) for key, values in groups.items()}  # noqa: E731
-    return Rates(mean(per_call), mean(per_generation), mean(per_job))
+    return Rates(_means(per_call), _means(per_generation), _means(per_job))
+
+
+def _means(groups: dict[str, list[float]]) -> dict[str, float]:
+    return {key: statistics.mean(values) for key, values in groups.items()}
 
 
 def plan(config: dict, cores: int = 1, benchmark_dir: str | Path = "logs/benchmark",
@@ -132,10 +135,8 @@ def plan(config: dict, cores: int = 1, benchmark_dir: str | Path = "logs/benchma
     config = suite_config.validate_config(config)
     tasks, models, seeds = config["tasks"], config["models"], config["seeds"]
     optimizers, external = list(config["optimizers"]), list(config.get("external_methods", {}))
-    targets = list(dict.fromkeys(models + config.get("transfer_targets", []) + list(config.get("endpoint_targets", {}))))
-    writer = suite_config.local_optimizer_model(config)
-    local_models = list(dict.fromkeys(models + config.get("transfer_targets", []) + ([writer] if writer else [])))
-    jobs = {"write_splits": len(tasks), "prepare_model": len(local_models),
+    targets = suite_config.target_models(config)
+    jobs = {"write_splits": len(tasks), "prepare_model": len(suite_config.local_models(config)),
             "optimize": len(tasks) * len(optimizers) * len(models) * len(seeds)}
     if external:
         jobs["external methods"] = len(tasks) * len(external) * len(models) * len(seeds)

@@ -394,6 +394,25 @@ def _text_colour(cmap, norm, value) -> str:
     return "black" if 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.45 else "white"
 
 
+def _grid(cells: pd.DataFrame, rows: list[str], columns: list[str], row_of, column_of, value: str, text):
+    """A heatmap's values and cell texts: one cell per row of ``cells``, NaN where there is none."""
+    values = np.full((len(rows), len(columns)), np.nan)
+    texts = [[""] * len(columns) for _ in rows]
+    for _, cell in cells.iterrows():
+        i, j = rows.index(row_of(cell)), columns.index(column_of(cell))
+        values[i, j] = cell[value] if pd.notna(cell[value]) else np.nan
+        texts[i][j] = text(cell).replace(" [", "\n[")
+    return values, texts
+
+
+def _centred(values: np.ndarray):
+    """A diverging colour scale with white at 0, symmetric, at least +-5 points."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    limit = max(5.0, float(np.nanmax(np.abs(values)))) if np.isfinite(values).any() else 5.0
+    return TwoSlopeNorm(0, -limit, limit)
+
+
 def _heatmap(axis, values: np.ndarray, texts: list[list[str]], cmap, norm, rows: list[str], columns: list[str]):
     image = axis.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
     axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
@@ -410,7 +429,7 @@ def write_plots(tables: dict[str, Table], prompts: list[dict], out_dir: str | Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import Normalize, TwoSlopeNorm
+    from matplotlib.colors import Normalize
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -455,16 +474,10 @@ def write_plots(tables: dict[str, Table], prompts: list[dict], out_dir: str | Pa
             axis.set_title(f"{model}: no zero-shot CoT cell to compare with")
             axis.axis("off")
             continue
-        row_names = list(dict.fromkeys(cells.row))
-        method_names = sorted(set(cells.method))
-        values = np.full((len(row_names), len(method_names)), np.nan)
-        texts = [[""] * len(method_names) for _ in row_names]
-        for _, cell in cells.iterrows():
-            i, j = row_names.index(cell.row), method_names.index(cell.method)
-            values[i, j] = cell.vs_cot
-            texts[i][j] = _difference_text(cell).replace(" [", "\n[")
-        limit = max(5.0, float(np.nanmax(np.abs(values))))
-        image = _heatmap(axis, values, texts, diverging, TwoSlopeNorm(0, -limit, limit), row_names, method_names)
+        row_names, method_names = list(dict.fromkeys(cells.row)), sorted(set(cells.method))
+        values, texts = _grid(cells, row_names, method_names, lambda c: c.row, lambda c: c.method, "vs_cot",
+                              _difference_text)
+        image = _heatmap(axis, values, texts, diverging, _centred(values), row_names, method_names)
         axis.set_title(f"{model}: test accuracy minus zero-shot CoT (points)")
         figure.colorbar(image, ax=axis, label="difference (points)")
     written.append(_save(figure, out_dir / "vs_cot_per_task.png"))
@@ -475,18 +488,13 @@ def write_plots(tables: dict[str, Table], prompts: list[dict], out_dir: str | Pa
                                      ("transfer_vs_cot", "vs_cot", diverging, _difference_text)):
         row_names = [f"{m} ({s})" for m, s in dict.fromkeys(zip(transfer.method, transfer.source))]
         targets = sorted(set(transfer.target))
-        values = np.full((len(row_names), len(targets)), np.nan)
-        texts = [[""] * len(targets) for _ in row_names]
-        for _, cell in transfer.iterrows():
-            i, j = row_names.index(f"{cell.method} ({cell.source})"), targets.index(cell.target)
-            values[i, j] = np.nan if pd.isna(cell[column]) else cell[column]
-            texts[i][j] = text(cell).replace(" [", "\n[")
+        values, texts = _grid(transfer, row_names, targets, lambda c: f"{c.method} ({c.source})",
+                              lambda c: c.target, column, text)
         figure, axis = plt.subplots(figsize=(3 + 1.9 * len(targets), 1.2 + 0.55 * len(row_names)))
         if column == "accuracy":
             norm, label = Normalize(0, 100), "test accuracy (%)"
         else:
-            limit = max(5.0, float(np.nanmax(np.abs(values)))) if np.isfinite(values).any() else 5.0
-            norm, label = TwoSlopeNorm(0, -limit, limit), "difference from the target's zero-shot CoT (points)"
+            norm, label = _centred(values), "difference from the target's zero-shot CoT (points)"
         image = _heatmap(axis, values, texts, cmap, norm, row_names, targets)
         axis.set_xlabel("target model")
         figure.colorbar(image, ax=axis, label=label)
@@ -494,7 +502,7 @@ def write_plots(tables: dict[str, Table], prompts: list[dict], out_dir: str | Pa
 
     # Per-task accuracy with intervals: tasks down the side, so 27 tasks stay readable.
     written.append(_per_task_plot(plt, per_task, out_dir / "per_task_accuracy.png"))
-    written.append(_pareto_plot(plt, main, prompts, out_dir / "pareto.png"))
+    written.append(_pareto_plot(plt, main, tables["budget"].numbers, out_dir / "pareto.png"))
     return written
 
 
@@ -533,20 +541,16 @@ def _per_task_plot(plt, per_task: pd.DataFrame, path: Path) -> Path:
     return _save(figure, path)
 
 
-def _pareto_plot(plt, main: pd.DataFrame, prompts: list[dict], path: Path) -> Path:
-    """Test accuracy (average over the model's task columns) against what optimization spent."""
-    spend = pd.DataFrame([{"method": r["optimizer"], "model": r["model"], "task calls": r["budget"]["task_calls"],
-                           "task-model tokens": sum(r["budget"].get("task_model", {}).get(k, 0)
-                                                    for k in ("prompt_tokens", "completion_tokens"))}
-                          for r in prompts], columns=["method", "model", "task calls", "task-model tokens"])
-    spend = spend.groupby(["method", "model"]).mean().reset_index()
-    if not main.empty:
+def _pareto_plot(plt, main: pd.DataFrame, budget: pd.DataFrame, path: Path) -> Path:
+    """Test accuracy (average over the model's task columns) against what optimization spent (the budget table)."""
+    costs = ["task calls", "task-model tokens"]
+    if not main.empty and set(costs) <= set(budget.columns):
         accuracy = main.groupby(["model", "method"]).accuracy.mean().reset_index()
-        points = accuracy.merge(spend, on=["method", "model"])
+        points = accuracy.merge(budget[["method", "model", *costs]], on=["method", "model"])
     else:
-        points = pd.DataFrame(columns=["model", "method", "accuracy", "task calls", "task-model tokens"])
+        points = pd.DataFrame(columns=["model", "method", "accuracy", *costs])
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for axis, cost in zip(axes, ("task calls", "task-model tokens")):
+    for axis, cost in zip(axes, costs):
         for model, group in points.groupby("model"):
             colour = axis.scatter(group[cost], group.accuracy, label=model).get_facecolor()[0]
             for _, point in group.iterrows():

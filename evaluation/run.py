@@ -195,7 +195,8 @@ def evaluate_prompt_files(task_name: str, target: str, records: dict[str, dict],
                 "environment": environment(),
             },
         })
-        print(f"[evaluate] {record['model']}/{record['optimizer']} (seed {record['provenance']['seed']}) -> {target}: accuracy {result['accuracy']:.3f} "
+        print(f"[evaluate] {record['model']}/{record['optimizer']} (seed {record['provenance']['seed']}) -> {target}: "
+              f"accuracy {result['accuracy']:.3f} "
               f"(n={result['n']}, {result['answer_step']} answer; written answers parsed: strict "
               f"{result['strict_parse_rate']:.2f}, lenient {result['lenient_parse_rate']:.2f})", flush=True)
         written.append(out)

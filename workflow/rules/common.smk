@@ -18,7 +18,7 @@ except SuiteError as error:
 TASKS = config["tasks"]
 MODELS = config["models"]
 ENDPOINT_TARGETS = config.get("endpoint_targets", {})
-TARGETS = list(dict.fromkeys(MODELS + config.get("transfer_targets", []) + list(ENDPOINT_TARGETS)))
+TARGETS = suite_config.target_models(config)
 OPTIMIZERS = list(config["optimizers"])
 # External methods (rules of their own, declared in the config) appear everywhere the optimizers do.
 EXTERNAL_METHODS = config["external_methods"]
@@ -29,8 +29,7 @@ TERMS = config["terms"]
 SEEDS = config["seeds"]
 OPTIMIZER_LLM = config.get("optimizer_llm")
 WRITER = suite_config.local_optimizer_model(config)  # a local model writing the text methods' prompts
-# Every model a job loads: the task models, the transfer targets and a local optimizer LLM.
-LOCAL_MODELS = list(dict.fromkeys(TARGETS + ([WRITER] if WRITER else [])))
+LOCAL_MODELS = suite_config.local_models(config)  # every model a job loads
 
 
 wildcard_constraints:
