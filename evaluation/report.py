@@ -234,8 +234,8 @@ def budget_frame(prompts: list[dict]) -> pd.DataFrame:
             "spent %": 100.0 * budget["task_calls"] / cap if cap else None,
             "optimizer calls": budget["optimizer_calls"],
             "stopped": record["stopped"]["reason"],
-            "task-model tokens": task_usage.get("prompt_tokens", 0) + task_usage.get("completion_tokens", 0),
-            "optimizer tokens": optimizer_usage.get("prompt_tokens", 0) + optimizer_usage.get("completion_tokens", 0),
+            "task-model tokens": _tokens(task_usage),
+            "optimizer tokens": _tokens(optimizer_usage),
             "forward/backward passes": budget.get("forward_passes", 0) + budget.get("backward_passes", 0),
             "seconds": budget.get("seconds", {}).get("total", 0.0),
         })
@@ -245,6 +245,12 @@ def budget_frame(prompts: list[dict]) -> pd.DataFrame:
     numeric = frame.groupby(["method", "model"]).mean(numeric_only=True)
     reasons = frame.groupby(["method", "model"])["stopped"].agg(lambda r: ", ".join(sorted(set(r))))
     return numeric.join(reasons).round(1).reset_index()
+
+
+def _tokens(usage: dict) -> int:
+    """Tokens a run's generations stand for, whether computed now or served from the cache."""
+    return sum(usage.get(key, 0) for key in ("prompt_tokens", "completion_tokens", "cached_prompt_tokens",
+                                             "cached_completion_tokens"))
 
 
 def prompts_frame(prompts: list[dict]) -> pd.DataFrame:

@@ -145,9 +145,10 @@ class Backend(ABC):
             if self.cache is not None:
                 self.cache.put_many({key: _storable(c) for key, c in fresh.items()})
             results.update(fresh)
-        cached_count = sum(1 for key in keys if key in hits)
-        if cached_count:
-            self.meter.record(Usage(cached_calls=cached_count))
+        served = [results[key].total_tokens() for key in keys if key in hits]
+        if served:
+            self.meter.record(Usage(cached_calls=len(served), cached_prompt_tokens=sum(p for p, _ in served),
+                                    cached_completion_tokens=sum(c for _, c in served)))
         return [results[key] for key in keys]
 
 

@@ -17,6 +17,9 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    # the tokens of completions served from the cache: the work a run stands for is the same warm or cold
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(**{key: getattr(self, key) + getattr(other, key) for key in asdict(self)})

@@ -75,6 +75,9 @@ def test_cache_hits_are_identical_and_not_charged(tmp_path):
     after = model.meter.total
     assert after.calls == charged.calls and after.completion_tokens == charged.completion_tokens
     assert after.cached_calls == len(PROMPTS)
+    # the work the hits stand for is counted apart, so a warm run reports the same tokens as a cold one
+    assert (after.cached_prompt_tokens, after.cached_completion_tokens) == (charged.prompt_tokens,
+                                                                          charged.completion_tokens)
     # Other decoding parameters are another key.
     model.chat(PROMPTS[:1], GenerationParams(max_new_tokens=9))
     assert model.meter.total.calls == charged.calls + 1
