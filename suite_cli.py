@@ -292,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-reasoning-tokens", type=int, default=512)
     evaluate.add_argument("--extractor", default="dollar", choices=["dollar", "gemma2", "plain"],
                           help="the target model's extractor variant (terms.extractor / terms.extractor_by_model)")
-    evaluate.add_argument("--backend", default="hf", choices=["hf", "vllm", "endpoint"],
-                          help="lm-eval model type: hf, vllm, or local-chat-completions (endpoint)")
+    evaluate.add_argument("--backend", default="suite", choices=["suite", "hf", "vllm", "endpoint"],
+                          help="lm-eval model type: suite (the suite's engine), hf, vllm, or "
+                               "local-chat-completions (endpoint)")
     evaluate.add_argument("--endpoint", default=None, help="OpenAI-compatible base URL (backend endpoint)")
     evaluate.add_argument("--endpoint-model", default=None)
     evaluate.add_argument("--endpoint-api-key-env", default=None, help="environment variable holding the API key")
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="do not reuse or store responses (an interrupted job then starts over)")
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=16)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64)
     evaluate.set_defaults(run=_evaluate)
     report = commands.add_parser(
         "report", help="tables (CSV, Markdown, LaTeX, HTML), plots and sample pages from evaluation files")

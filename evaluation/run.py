@@ -55,8 +55,12 @@ def read_prompt_file(path: str | Path) -> dict:
 
 
 def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", device: str = "cpu",
-             batch_size: int = 16, endpoint: dict | None = None) -> tuple[object, dict]:
-    """An lm-eval model of lm-eval's own types, loaded once for the whole job, and its description.
+             batch_size: int = 64, endpoint: dict | None = None) -> tuple[object, dict]:
+    """An lm-eval model, loaded once for the whole job, and its description.
+
+    ``suite`` (the default for local models) is the suite's own engine registered with
+    lm-eval (``evaluation.suite_lm``): the model optimized, with the same weights, dtype and
+    token handling; ``hf`` and ``vllm`` are lm-eval's own model types.
 
     ``endpoint`` (backend "endpoint"): base_url, model, and optionally api_key_env,
     eos_string (the server's end-of-turn text; some servers, e.g. ``transformers serve``,
@@ -83,6 +87,13 @@ def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", 
     prepared = prepare(get_model_spec(target), cache_dir)
     description = {"backend": backend, "name": target, "dtype": dtype, "device": device, **asdict(prepared)}
     description["chat"] = get_model_spec(target).chat
+    if backend == "suite":
+        from evaluation.suite_lm import SuiteLM
+        from model_engine.local import load_model
+
+        lm = SuiteLM(load_model(target, dtype=dtype, device=device, cache_dir=cache_dir, batch_size=batch_size))
+        description["chat"] = lm.engine.uses_chat_template
+        return lm, description
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 

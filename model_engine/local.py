@@ -166,24 +166,33 @@ class LocalModel(Backend):
 
     def choice_loglikelihoods(self, contexts: Sequence[Sequence[int]], choices: Sequence[Sequence[int]]) -> list[tuple[float, ...]]:
         """Sum of the log-probabilities of each choice's tokens after each context (teacher-forced)."""
-        rows = [(i, j) for i in range(len(contexts)) for j in range(len(choices))]
-        sequences = [list(contexts[i]) + list(choices[j]) for i, j in rows]
-        keep = max(len(c) for c in choices) + 1
-        scores = [[0.0] * len(choices) for _ in contexts]
-        order = sorted(range(len(rows)), key=lambda r: len(sequences[r]), reverse=True)
+        scored = self.loglikelihoods([(context, choice) for context in contexts for choice in choices])
+        return [tuple(score for score, _ in scored[i * len(choices):(i + 1) * len(choices)]) for i in range(len(contexts))]
+
+    def loglikelihoods(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
+        """For (context ids, continuation ids) pairs: the continuation's summed log-probability after its
+        context (teacher-forced) and whether greedy decoding would have produced it, as lm-eval's
+        ``loglikelihood`` returns them. Batched by length; only the continuation's logits are computed."""
+        for context, continuation in pairs:
+            if not context or not continuation:
+                raise ValueError("loglikelihoods needs a non-empty context and continuation")
+        sequences = [list(context) + list(continuation) for context, continuation in pairs]
+        scores: list[tuple[float, bool] | None] = [None] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda r: len(sequences[r]), reverse=True)
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
+                keep = max(len(pairs[r][1]) for r in chunk) + 1
                 input_ids, attention, positions, _ = self.left_pad([sequences[r] for r in chunk])
                 logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                                     logits_to_keep=keep).logits[:, -keep:, :].float()
                 log_probs = torch.log_softmax(logits, dim=-1)
                 for b, r in enumerate(chunk):
-                    i, j = rows[r]
-                    target = list(choices[j])
+                    target = torch.tensor(list(pairs[r][1]), device=log_probs.device)
                     predicted = log_probs[b, keep - 1 - len(target):keep - 1]
-                    scores[i][j] = float(predicted[torch.arange(len(target)), torch.tensor(target)].sum())
-        return [tuple(row) for row in scores]
+                    scores[r] = (float(predicted[torch.arange(len(target)), target].sum()),
+                                 bool((predicted.argmax(dim=-1) == target).all()))
+        return scores  # type: ignore[return-value]
 
     def _generate_chat(self, requests: list[list[dict]], params: GenerationParams, sample_indices: list[int],
                        assistant_prefix: str) -> list[Completion]:

@@ -1,0 +1,124 @@
+"""The suite's engine as an lm-eval model: both passes, the same answers as lm-eval's hf, cache resume, bad requests."""
+
+import pytest
+
+import tasks
+from evaluation.lmeval import PromptCell, evaluate_cells
+from evaluation.suite_lm import SuiteLM
+from suite_errors import SuiteError
+from tasks.heldout import load_test_examples
+from tests.conftest import tiny_local_model
+
+CELLS = [PromptCell("zero_shot_cot", "Let's think step by step."), PromptCell("manual", "Be careful.")]
+#: what each evaluation reads: the reasoning, the written answer (strict and lenient) and the choice scores
+COMPARED = ("reasoning", "continuation", "strict", "lenient", "answer")
+
+
+def _run_both(model, task_name: str, rows: int, tokens: int, tmp_path, chat: bool = True):
+    from lm_eval.models.huggingface import HFLM
+
+    task = tasks.get_task(task_name)
+    examples = load_test_examples(task_name)[:rows]
+    hf = HFLM(pretrained=model.model, tokenizer=model.tokenizer, batch_size=4, device="cpu")
+    ours = evaluate_cells(SuiteLM(model), task, examples, CELLS, tmp_path / "suite", tokens, chat=chat)
+    theirs = evaluate_cells(hf, task, examples, CELLS, tmp_path / "hf", tokens, chat=chat)
+    return ours, theirs
+
+
+def _assert_same(ours: dict, theirs: dict) -> None:
+    for cell in ours:
+        for mine, other in zip(ours[cell]["samples"], theirs[cell]["samples"], strict=True):
+            assert {key: mine[key] for key in COMPARED} == {key: other[key] for key in COMPARED}, mine["id"]
+            if mine["choice_logprobs"] is not None:
+                assert mine["choice_logprobs"] == pytest.approx(other["choice_logprobs"], rel=1e-3, abs=1e-3)
+        for key in ("accuracy", "strict_accuracy", "lenient_accuracy", "parse_rate"):
+            assert ours[cell][key] == theirs[cell][key]
+
+
+@pytest.mark.parametrize("task_name", ["navigate", "object_counting"])
+def test_both_passes_give_lm_eval_hf_answers_on_a_tiny_model(tmp_path, task_name):
+    """Closed answers (choice by likelihood) and open answers (written), greedy fp32, chat template."""
+    ours, theirs = _run_both(tiny_local_model(batch_size=3), task_name, 5, 12, tmp_path)
+    _assert_same(ours, theirs)
+    assert ours["manual"]["answer_step"] == ("choice" if task_name == "navigate" else "generated")
+
+
+def test_both_passes_give_lm_eval_hf_answers_on_a_base_model(tmp_path):
+    model = tiny_local_model(chat=False, batch_size=2)
+    ours, theirs = _run_both(model, "navigate", 3, 8, tmp_path, chat=False)
+    _assert_same(ours, theirs)
+
+
+def test_both_passes_give_lm_eval_hf_answers_on_smollm2(smollm2, tmp_path):
+    """The real model: the reasoning, the written answers and the chosen answers equal lm-eval's hf."""
+    ours, theirs = _run_both(smollm2, "navigate", 4, 24, tmp_path)
+    _assert_same(ours, theirs)
+    assert any(s["reasoning"] for s in ours["manual"]["samples"])
+
+
+def test_an_interrupted_job_resumes_from_the_response_cache(tmp_path):
+    """Each chunk's responses are stored as soon as they exist: after a failure only the rest is generated."""
+    model = tiny_local_model(batch_size=1)  # chunks of 4 requests
+    lm = SuiteLM(model)
+    task = tasks.get_task("navigate")
+    examples = load_test_examples("navigate")[:6]
+    cells = CELLS[:1]
+    cache = tmp_path / "cache" / "tiny"
+    complete_ids, asked = model.complete_ids, []
+
+    def failing_after_one_chunk(sequences, params):
+        if asked:
+            raise RuntimeError("the job was killed")
+        asked.append(len(sequences))
+        return complete_ids(sequences, params)
+
+    model.complete_ids = failing_after_one_chunk
+    with pytest.raises(RuntimeError, match="killed"):
+        evaluate_cells(lm, task, examples, cells, tmp_path / "a", max_reasoning_tokens=4, response_cache=cache)
+    assert asked == [4]
+
+    def counting(sequences, params):
+        asked.append(len(sequences))
+        return complete_ids(sequences, params)
+
+    model.complete_ids = counting
+    resumed = evaluate_cells(lm, task, examples, cells, tmp_path / "b", max_reasoning_tokens=4, response_cache=cache)
+    assert asked[1] == 2  # only the reasoning the first attempt did not finish; then the answer pass
+    model.complete_ids = complete_ids
+    fresh = evaluate_cells(SuiteLM(model), task, examples, cells, tmp_path / "c", max_reasoning_tokens=4)
+    assert resumed == fresh
+
+
+class _Request:
+    def __init__(self, *args):
+        self.args = args
+
+
+def test_bad_requests_are_refused_with_the_reason():
+    lm = SuiteLM(tiny_local_model())
+    with pytest.raises(SuiteError, match="top_k"):
+        lm.generate_until([_Request("Question: 1", {"until": ["\n"], "top_k": 5})])
+    with pytest.raises(SuiteError, match="more than .*context of 512"):
+        lm.generate_until([_Request("word " * 600, {"until": ["\n"], "max_gen_toks": 4})])
+    with pytest.raises(SuiteError, match="context of 512"):
+        lm.loglikelihood([_Request("word " * 600, " Yes")])
+    with pytest.raises(SuiteError, match="loglikelihood_rolling"):
+        lm.loglikelihood_rolling([_Request("text")])
+    with pytest.raises(SuiteError, match="unknown argument.*max_length"):
+        SuiteLM(tiny_local_model(), max_length=3)
+
+
+def test_registered_with_lm_eval_and_scores_as_the_engine():
+    from lm_eval.api.registry import get_model
+
+    assert get_model("suite") is SuiteLM
+    model = tiny_local_model()
+    lm = SuiteLM(model)
+    context = model.render([{"role": "user", "content": "Is it? Answer Yes or No."}], "So the answer is")
+    (score, greedy), = lm.loglikelihood([_Request(context, " Yes")])
+    expected = model.choice_loglikelihoods([model.encode(context)], [model.answer_ids("So the answer is", " Yes")])
+    assert score == pytest.approx(expected[0][0], abs=1e-5) and isinstance(greedy, bool)
+    text, = lm.generate_until([_Request(context, {"until": ["\n"], "max_gen_toks": 5})])
+    from model_engine.backend import GenerationParams
+
+    assert text == model.complete([context], GenerationParams(max_new_tokens=5, stop=("\n",)))[0].text
