@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
+from transformers import DynamicCache
 
 from model_engine.backend import Backend, Completion, GenerationParams, as_messages, cut_at_stop
 from model_engine.cache import GenerationCache
+from model_engine.kv_cache import preallocated_cache
 from model_engine.registry import ModelSpec, get_model_spec
 from model_engine.sources import PreparedModel, prepare
 from model_engine.usage import UsageMeter
@@ -59,8 +61,11 @@ class LocalModel(Backend):
         batch_size: int = DEFAULT_BATCH_SIZE,
         cache: GenerationCache | None = None,
         meter: UsageMeter | None = None,
+        preallocate_kv: bool = True,
     ):
         super().__init__(cache, meter)
+        #: decode into key/value buffers sized once per batch (``model_engine.kv_cache``) instead of growing them
+        self.preallocate_kv = preallocate_kv
         self.spec, self.prepared, self.model, self.tokenizer = spec, prepared, model, tokenizer
         self.dtype, self.batch_size = dtype, batch_size
         self.device = next(model.parameters()).device
@@ -264,10 +269,8 @@ class LocalModel(Backend):
         return input_ids.to(self.device), attention.to(self.device), positions.to(self.device), pads
 
     def _prefill_inputs(self, batch: list[list[int]]):
-        from transformers import DynamicCache
-
         input_ids, attention, positions, _ = self.left_pad(batch)
-        return input_ids, attention, positions, DynamicCache()
+        return input_ids, attention, positions, None  # the decode sizes the cache
 
     def _prefixed_inputs(self, prefix_cache, batch):
         cache, prefix_mask, prefix_lengths = prefix_cache.assemble([i for i, _ in batch])
@@ -284,6 +287,15 @@ class LocalModel(Backend):
         ``followup``, a row whose reasoning ends is fed the extractor's tokens one per
         step and then writes its answer, while the other rows go on.
         """
+        # Room for the longest the rows can become: the context, the reasoning, the extractor and the answer.
+        capacity = attention.shape[1] + params.max_new_tokens + 1
+        if followup is not None:
+            capacity += len(followup.after_reasoning) + len(followup.alone) + followup.params.max_new_tokens
+        if cache is None:
+            cache = preallocated_cache(self.model, capacity) if self.preallocate_kv else DynamicCache()
+        mask = attention.new_zeros((attention.shape[0], capacity))
+        mask[:, : attention.shape[1]] = attention
+        width = attention.shape[1]
         eos_ids = set(self.eos_ids)
         generator = None if params.greedy else torch.Generator(self.device).manual_seed(params.seed)
         rows = len(prompt_lengths)
@@ -355,9 +367,13 @@ class LocalModel(Backend):
                 keep = [i for i in range(len(active)) if i not in set(finished)]
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
-                attention, positions, next_tokens = attention[index], positions[index], next_tokens[index]
+                mask, positions, next_tokens = mask[index], positions[index], next_tokens[index]
                 active = [active[i] for i in keep]
-            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+            if width == mask.shape[1]:  # a cache that grew past the plan: so does the mask
+                mask = torch.cat([mask, mask.new_zeros(mask.shape)], dim=1)
+            mask[:, width] = 1
+            width += 1
+            attention = mask[:, :width]
             positions = positions[:, -1:] + 1
             step_input = next_tokens[:, None]
         completions = []

@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-
-def supports(model) -> bool:
-    layers = DynamicCache(config=model.config).layers
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+from model_engine.kv_cache import full_attention_only as supports
 
 
 class PrefixCache:

@@ -92,3 +92,15 @@ def test_strict_and_lenient_filters_on_real_smollm2_outputs(tmp_path, smollm2, t
         if opens_with_answer:
             assert sample["strict"] == sample["lenient"], sample
     assert result["strict_accuracy"] == sum(s["strict"] == s["gold"] for s in samples) / len(samples)
+
+
+def test_preallocated_kv_cache_gives_the_growing_caches_outputs(smollm2):
+    questions = [e.question for e in tasks.load_task_data("navigate").train[:6]]
+    params = GenerationParams(max_new_tokens=48)
+    texts = [smollm2.render([{"role": "user", "content": q}]) for q in questions]
+    outputs = {}
+    for preallocated in (True, False):
+        smollm2.preallocate_kv = preallocated
+        outputs[preallocated] = [c.token_ids for c in smollm2._generate_texts(texts, params)]
+    smollm2.preallocate_kv = True
+    assert outputs[True] == outputs[False]

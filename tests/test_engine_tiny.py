@@ -290,3 +290,40 @@ def test_base_models_read_the_plain_layout_and_stop_at_the_next_question():
     assert not model.uses_chat_template and model.reasoning_stop == ("\nQuestion:",)
     assert model.render([{"role": "user", "content": "Q?"}], "so Yes") == "Question: Q?\nAnswer: so Yes"
     assert tiny_local_model().reasoning_stop == ()
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_preallocated_kv_cache_decodes_as_the_growing_cache(batch_size):
+    """Rows that finish at different steps, the fused answer and choices: identical with either cache."""
+    model = tiny_local_model(batch_size=batch_size)
+    first = model.chat(PROMPTS[:1], GenerationParams(max_new_tokens=9))[0]
+    stop = model.tokenizer.decode(first.token_ids[3:4]).strip()  # the first row stops early at this text
+    reasoning, answer = GenerationParams(max_new_tokens=9, stop=(stop,)), GenerationParams(max_new_tokens=4)
+    runs = {}
+    for preallocated in (True, False):
+        model.preallocate_kv = preallocated
+        runs[preallocated] = (model.chat(PROMPTS, reasoning),
+                              model.chat_and_answer(PROMPTS, reasoning, "So the answer is", answer, choices=[" Yes", " No"]))
+    assert runs[True] == runs[False]
+    assert len({len(c.token_ids) for c in runs[True][0]}) > 1  # rows did finish at different steps
+
+
+def test_preallocated_layer_holds_what_a_dynamic_layer_holds_and_grows_past_its_plan():
+    from transformers.cache_utils import DynamicLayer
+
+    from model_engine.kv_cache import PreallocatedLayer
+
+    torch.manual_seed(0)
+    planned, growing = PreallocatedLayer(capacity=4), DynamicLayer()
+    steps = [torch.randn(3, 2, 3, 4)] + [torch.randn(3, 2, 1, 4) for _ in range(3)]  # 6 positions > capacity 4
+    for step in steps[:2]:
+        assert all(torch.equal(a, b) for a, b in zip(planned.update(step, -step), growing.update(step, -step)))
+    rows = torch.tensor([0, 2])
+    planned.batch_select_indices(rows)
+    growing.batch_select_indices(rows)
+    for step in steps[2:]:
+        assert all(torch.equal(a, b) for a, b in zip(planned.update(step[:2], -step[:2]), growing.update(step[:2], -step[:2])))
+    assert planned.get_seq_length() == growing.get_seq_length() == 6
+    planned.crop(-2)
+    growing.crop(-2)
+    assert torch.equal(planned.keys, growing.keys) and planned.get_seq_length() == 4
