@@ -85,6 +85,14 @@ def _json_object(text: str, flag: str) -> dict:
     return value
 
 
+def _set_threads(threads: int | None) -> None:
+    """The job's torch threads, set once here (Snakemake passes the job's ``{threads}``)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _optimize(args) -> None:
     from pydantic import ValidationError
 
@@ -109,9 +117,10 @@ def _optimize(args) -> None:
     if args.optimizer_endpoint and args.optimizer_model:
         raise SuiteError("give either --optimizer-endpoint or --optimizer-model, not both")
     data = tasks.load_task_data(args.task, data_root=args.data_root, split_file=args.split_file)
+    _set_threads(args.threads)
     cache = GenerationCache(Path(args.cache_dir or ".cache") / "generations.sqlite")
     runtime = {"dtype": args.dtype, "device": args.device, "cache_dir": args.cache_dir, "generation_cache": cache,
-               "batch_size": args.batch_size, "threads": args.threads}
+               "batch_size": args.batch_size}
     model = load_model(args.model, **runtime)
     optimizer_model = None  # the task model writes its own prompts (self-optimization)
     if optimizer_class.uses_optimizer_llm and args.optimizer_endpoint:
@@ -148,6 +157,7 @@ def _evaluate(args) -> None:
         endpoint = {"base_url": args.endpoint, "model": args.endpoint_model, "timeout_s": args.endpoint_timeout}
         endpoint.update({key: value for key, value in (("api_key_env", args.endpoint_api_key_env),
                                                         ("eos_string", args.endpoint_eos_string)) if value})
+    _set_threads(args.threads)
     lm, description = build_lm(args.backend, args.target, args.cache_dir, args.dtype, args.device, args.batch_size,
                                endpoint)
     workdir = args.workdir or str(Path(args.output_dir) / args.task / f".lmeval-{args.target}")
@@ -308,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--batch-size", type=_positive_int, default=64)
+    evaluate.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's choice)")
     evaluate.set_defaults(run=_evaluate)
     report = commands.add_parser(
         "report", help="tables (CSV, Markdown, LaTeX, HTML), plots and sample pages from evaluation files")

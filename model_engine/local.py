@@ -2,8 +2,13 @@
 
 Generation sorts requests by length (less padding), pads on the left, decodes greedily
 (or seeded sampling), stops at the model's end-of-turn tokens and at stop strings,
-and runs in fp32 or bf16. ``load_model`` keeps loaded models, so every optimizer and
-the evaluator in one process share one copy.
+and runs in fp32 or bf16. ``load_model`` loads a model's weights once per process and
+gives every caller an engine of its own over them (its own generation cache, batch size
+and usage meter), so callers never change each other's settings. ``LocalModel`` is the
+``model_engine.protocol.Engine`` that optimizers and the evaluator use.
+
+Threads are the caller's: the entry point sets ``torch.set_num_threads`` once from the
+job's threads.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class LocalModel(Backend):
         cache: GenerationCache | None = None,
         meter: UsageMeter | None = None,
         preallocate_kv: bool = True,
+        lock: threading.Lock | None = None,
     ):
         super().__init__(cache, meter)
         #: decode into key/value buffers sized once per batch (``model_engine.kv_cache``) instead of growing them
@@ -74,9 +80,9 @@ class LocalModel(Backend):
         self.reasoning_stop = () if self.uses_chat_template else PLAIN_STOP
         self.eos_ids = self._end_ids()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.small_rows_linear = self.device.type == "cpu" and dtype == "float32"
-        use_small_rows_linear(model, self.small_rows_linear)
-        self._lock = threading.Lock()  # one generation at a time per loaded model
+        #: whether the network's linear layers take the small-rows form (set where the network is loaded)
+        self.small_rows_linear = uses_small_rows_linear(model)
+        self._lock = lock or threading.Lock()  # one generation at a time per loaded network
 
     # ---- prompts ---------------------------------------------------------------------
     def render(self, messages: Sequence[dict], assistant_prefix: str = "") -> str:
@@ -440,7 +446,27 @@ def use_small_rows_linear(model, enabled: bool = True) -> None:
                 module.__dict__.pop("forward", None)
 
 
-_LOADED: dict[tuple, LocalModel] = {}
+def uses_small_rows_linear(model) -> bool:
+    return any("forward" in m.__dict__ for m in model.modules() if type(m) is torch.nn.Linear)
+
+
+def default_small_rows_linear(device: torch.device | str, dtype: str) -> bool:
+    """The small-rows form pays off for CPU fp32 (``benchmarks.engine`` measures it); elsewhere PyTorch's own is used."""
+    return torch.device(device).type == "cpu" and dtype == "float32"
+
+
+@dataclass(frozen=True)
+class _Network:
+    """What one process loads once per model, dtype and device, shared by every engine over it."""
+
+    spec: ModelSpec
+    prepared: PreparedModel
+    model: object
+    tokenizer: object
+    lock: threading.Lock
+
+
+_LOADED: dict[tuple, _Network] = {}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -451,43 +477,47 @@ def load_model(
     cache_dir: str | os.PathLike | None = None,
     generation_cache: GenerationCache | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    threads: int | None = None,
+    small_rows_linear: bool | None = None,
+    preallocate_kv: bool = True,
 ) -> LocalModel:
-    """Load a registered model once per process; later calls return the same copy.
+    """An engine over a registered model's weights, loaded once per process (each call: a new engine, shared weights).
 
     Names, dtype and the model's source are checked before anything heavy is loaded.
+    ``small_rows_linear`` (default: CPU fp32 only) routes the linear layers through the
+    small-rows form; it is a property of the loaded network, so it is part of what is shared.
     """
     spec = name_or_spec if isinstance(name_or_spec, ModelSpec) else get_model_spec(name_or_spec)
     if dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if threads:
-        torch.set_num_threads(threads)
     torch_device = resolve_device(device)
-    key = (spec, dtype, str(torch_device))
+    if small_rows_linear is None:
+        small_rows_linear = default_small_rows_linear(torch_device, dtype)
+    key = (spec, dtype, str(torch_device), small_rows_linear)
     with _LOAD_LOCK:
-        loaded = _LOADED.get(key)
-        if loaded is None:
-            prepared = prepare(spec, cache_dir)
-            loaded = _LOADED[key] = _load(spec, prepared, dtype, torch_device, batch_size)
-    if generation_cache is not None:
-        loaded.cache = generation_cache
-    loaded.batch_size = batch_size
-    return loaded
+        network = _LOADED.get(key)
+        if network is None:
+            network = _LOADED[key] = _load(spec, prepare(spec, cache_dir), dtype, torch_device, small_rows_linear)
+    return LocalModel(spec, network.prepared, network.model, network.tokenizer, dtype, batch_size, generation_cache,
+                      preallocate_kv=preallocate_kv, lock=network.lock)
 
 
-def _load(spec: ModelSpec, prepared: PreparedModel, dtype: str, device: torch.device, batch_size: int) -> LocalModel:
+def _load(spec: ModelSpec, prepared: PreparedModel, dtype: str, device: torch.device, small_rows_linear: bool) -> _Network:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(prepared.path)
     model = AutoModelForCausalLM.from_pretrained(prepared.path, dtype=DTYPES[dtype]).to(device)
     model.eval()
     model.requires_grad_(False)  # the engine never trains; gradients are taken w.r.t. inputs
-    return LocalModel(spec, prepared, model, tokenizer, dtype, batch_size)
+    use_small_rows_linear(model, small_rows_linear)
+    return _Network(spec, prepared, model, tokenizer, threading.Lock())
 
 
-def from_pretrained_objects(spec: ModelSpec, model, tokenizer, dtype: str = "float32", **kwargs) -> LocalModel:
+def from_pretrained_objects(spec: ModelSpec, model, tokenizer, dtype: str = "float32",
+                            small_rows_linear: bool | None = None, **kwargs) -> LocalModel:
     """Wrap an already built model and tokenizer (tiny test models, custom checkpoints)."""
     model.eval()
     model.requires_grad_(False)
+    device = next(model.parameters()).device
+    use_small_rows_linear(model, default_small_rows_linear(device, dtype) if small_rows_linear is None else small_rows_linear)
     prepared = PreparedModel(path="<in-memory>", checksum=f"in-memory:{spec.name}", source="in-memory")
     return LocalModel(spec, prepared, model, tokenizer, dtype, **kwargs)

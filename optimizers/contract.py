@@ -73,7 +73,7 @@ class RunContext:
     """Everything one optimizer run is given. Only train and dev rows are in ``data``."""
 
     data: Any  # tasks.TaskData
-    task_model: Any  # model_engine.Backend (a LocalModel for GReaTer)
+    task_model: Any  # a model_engine.protocol.Engine (the local task model)
     budget: Any  # optimizers.base.Budget
     terms: Terms = field(default_factory=Terms)
     seed: int = 0

@@ -60,7 +60,7 @@ def optimize_arguments(wildcards):
         "--seed", wildcards.seed,
         "--cache-dir", shlex.quote(config["cache_dir"]),
         "--dtype", RUNTIME["dtype"], "--device", RUNTIME["device"],
-        "--threads", str(RUNTIME["threads"]), "--batch-size", str(RUNTIME["batch_size"]),
+        "--batch-size", str(RUNTIME["batch_size"]),
     ]
     for key, value in suite_config.budget_for(config, wildcards.task).items():
         if value is not None:

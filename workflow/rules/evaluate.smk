@@ -26,4 +26,4 @@ rule evaluate:
         "../envs/suite.yaml"
     shell:
         "python -m suite_cli evaluate {wildcards.task} {wildcards.target} --prompt-files {input.prompts} "
-        "--split-file {input.split} --output-dir results/eval {params.arguments} > {log} 2>&1"
+        "--split-file {input.split} --output-dir results/eval --threads {threads} {params.arguments} > {log} 2>&1"

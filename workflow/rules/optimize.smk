@@ -17,4 +17,4 @@ rule optimize:
         "../envs/suite.yaml"
     shell:
         "python -m suite_cli optimize {wildcards.task} {wildcards.model} {wildcards.optimizer} "
-        "--output {output} --split-file {input.split} {params.arguments} > {log} 2>&1"
+        "--output {output} --split-file {input.split} --threads {threads} {params.arguments} > {log} 2>&1"
