@@ -47,6 +47,16 @@ class _Followup:
     choice_tokens: list[int] | None = None
 
 
+@dataclass(frozen=True)
+class TeacherForced:
+    """What ``LocalModel.hidden_states`` returns."""
+
+    hidden: torch.Tensor
+    offsets: list[int]  # hidden[b, offsets[b] + p] is suffix position p of row b
+    leaf: torch.Tensor | None  # the replaced input embeddings, one per row (requires grad)
+    prefixed: bool  # whether the prefix cache served the prefixes (only the suffixes ran)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -204,6 +214,42 @@ class LocalModel(Backend):
                     scores[r] = (float(predicted[torch.arange(len(target)), target].sum()),
                                  bool((predicted.argmax(dim=-1) == target).all()))
         return scores  # type: ignore[return-value]
+
+    def hidden_states(self, rows: Sequence[tuple[int | None, Sequence[int], Sequence[int]]], prefix_cache=None,
+                      leaf_positions: Sequence[int] | None = None) -> TeacherForced:
+        """Teacher-forced last hidden states of (prefix index or None, prefix ids, suffix ids) rows, with gradients
+        enabled by the caller (GReaTer's losses, their gradients with respect to one input embedding per row).
+
+        With ``prefix_cache`` and every row's prefix index, only the suffixes run (right-padded after their stored
+        prefixes). A leaf at suffix position ``leaf_positions[b]`` replaces that input embedding, so a loss's
+        gradient with respect to it can be taken; ``offsets[b] + p`` is suffix position p in ``hidden``.
+        """
+        prefixed = prefix_cache is not None and all(index is not None for index, _, _ in rows)
+        if prefixed:
+            cache, prefix_mask, prefix_lengths = prefix_cache.assemble([index for index, _, _ in rows])
+            width = max(len(suffix) for _, _, suffix in rows)
+            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=self.device)
+            suffix_mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+            for b, (_, _, suffix) in enumerate(rows):
+                ids[b, :len(suffix)] = torch.tensor(list(suffix), device=self.device)
+                suffix_mask[b, :len(suffix)] = 1
+            attention = torch.cat([prefix_mask, suffix_mask], dim=1)
+            positions = prefix_lengths[:, None] + torch.arange(width, device=self.device)[None, :]
+            offsets = [0] * len(rows)
+        else:
+            cache = None
+            ids, attention, positions, pads = self.left_pad([list(prefix) + list(suffix) for _, prefix, suffix in rows])
+            offsets = [pad + len(prefix) for pad, (_, prefix, _) in zip(pads, rows)]
+        embeds = self.model.get_input_embeddings()(ids)  # the model's own embedding (with its scale, e.g. Gemma's)
+        leaf = None
+        if leaf_positions is not None:
+            batch = torch.arange(len(rows), device=self.device)
+            cols = torch.tensor([o + p for o, p in zip(offsets, leaf_positions)], device=self.device)
+            leaf = embeds[batch, cols].detach().clone().requires_grad_(True)
+            embeds = embeds.index_put((batch, cols), leaf)
+        hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
+                                       past_key_values=cache, use_cache=cache is not None).last_hidden_state
+        return TeacherForced(hidden, offsets, leaf, prefixed)
 
     def _generate_chat(self, requests: list[list[dict]], params: GenerationParams, sample_indices: list[int],
                        assistant_prefix: str) -> list[Completion]:

@@ -177,41 +177,14 @@ class GradientSearch:
         return logits
 
     def _forward(self, rows: list[tuple[Example, list[int], list[int]]], leaf_positions=None):
-        """Hidden states of (example, prefix, suffix) rows; ``offsets[b] + p`` is suffix position p.
-
-        With the prefix cache (and the example's own prefix), only the suffixes run. A
-        leaf at suffix position ``leaf_positions[b]`` replaces that input embedding, so
-        the loss's gradient with respect to it can be taken.
-        """
-        prefixed = self.prefix_cache is not None and all(prefix is e.prefix for e, prefix, _ in rows)
-        if prefixed:
-            cache, prefix_mask, prefix_lengths = self.prefix_cache.assemble([e.index for e, _, _ in rows])
-            width = max(len(suffix) for _, _, suffix in rows)
-            ids = torch.full((len(rows), width), self.model.pad_id, dtype=torch.long, device=self.device)
-            suffix_mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
-            for b, (_, _, suffix) in enumerate(rows):
-                ids[b, :len(suffix)] = torch.tensor(suffix, device=self.device)
-                suffix_mask[b, :len(suffix)] = 1
-            attention = torch.cat([prefix_mask, suffix_mask], dim=1)
-            positions = prefix_lengths[:, None] + torch.arange(width, device=self.device)[None, :]
-            offsets = [0] * len(rows)
-            self.budget.forward_tokens += sum(len(suffix) for _, _, suffix in rows)
-        else:
-            cache = None
-            ids, attention, positions, pads = self.model.left_pad([prefix + suffix for _, prefix, suffix in rows])
-            offsets = [pad + len(prefix) for pad, (_, prefix, _) in zip(pads, rows)]
-            self.budget.forward_tokens += sum(len(prefix) + len(suffix) for _, prefix, suffix in rows)
-        embeds = self.embed(ids)  # the model's own embedding (with its scale, e.g. Gemma's sqrt(d))
-        leaf = None
+        """Hidden states of (example, prefix, suffix) rows (``Engine.hidden_states``); ``offsets[b] + p`` is suffix
+        position p. The prefix cache serves rows whose prefix is their example's own."""
+        passes = self.model.hidden_states([(e.index if prefix is e.prefix else None, prefix, suffix) for e, prefix, suffix in rows],
+                                          self.prefix_cache, leaf_positions)
+        self.budget.forward_tokens += sum(len(suffix) + (0 if passes.prefixed else len(prefix)) for _, prefix, suffix in rows)
         if leaf_positions is not None:
-            batch = torch.arange(len(rows), device=self.device)
-            cols = torch.tensor([o + p for o, p in zip(offsets, leaf_positions)], device=self.device)
-            leaf = embeds[batch, cols].detach().clone().requires_grad_(True)
-            embeds = embeds.index_put((batch, cols), leaf)
-            self.budget.backward_tokens += sum(len(suffix) + (0 if prefixed else len(prefix)) for _, prefix, suffix in rows)
-        hidden = self.net.base_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                                     past_key_values=cache, use_cache=cache is not None).last_hidden_state
-        return hidden, offsets, leaf, prefixed
+            self.budget.backward_tokens += sum(len(suffix) + (0 if passes.prefixed else len(prefix)) for _, prefix, suffix in rows)
+        return passes.hidden, passes.offsets, passes.leaf, passes.prefixed
 
     def _row_logits(self, hidden, row: int, positions: list[int], offset: int, example: Example, prefixed: bool):
         """Logits at suffix ``positions`` of one row; position -1 under the prefix cache is stored."""
