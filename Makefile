@@ -24,6 +24,7 @@ test: $(CORE_STAMP)  ## the test suite (offline; real SmolLM2 and a real loopbac
 
 bench: $(EXTRA_STAMP)  ## engine benchmarks; results in results/benchmarks/
 	$(OFFLINE) $(BIN)/python -m benchmarks.engine
+	$(OFFLINE) $(BIN)/python -m benchmarks.evaluation
 	$(OFFLINE) $(BIN)/python -m benchmarks.greater_step
 
 install: $(CORE_STAMP)

@@ -5,7 +5,10 @@ Measures, in one run on this machine:
 - per model: tokens/s of plain batch-1 ``model.generate`` on a few BBH questions, and of
   the engine (length-sorted batches, finished rows dropped) on 64 BBH questions with
   128 new tokens; the speed-up; the model-FLOPs utilisation (2 x matmul parameters per
-  generated token against the fp32 peak);
+  generated token against the peak of the dtype);
+- side by side at the largest batch: the preallocated key/value cache against the
+  growing one (``model_engine.kv_cache``), and bf16 against fp32 (with how many of the
+  64 generations change);
 - per model: one decode step at 1-16 rows with the linear layers as PyTorch runs them
   and with the engine's small-rows form (``model_engine.local.SMALL_ROWS``), side by side.
 
@@ -120,12 +123,12 @@ def plain_generate_tokens_per_s(engine, prompts: list[str], new_tokens: int) -> 
     return tokens / seconds, tokens
 
 
-def engine_tokens_per_s(engine, prompts: list[str], new_tokens: int, batch_size: int) -> tuple[float, int, float]:
+def engine_tokens_per_s(engine, prompts: list[str], new_tokens: int, batch_size: int) -> tuple[float, int, float, list]:
     engine.batch_size, engine.cache = batch_size, None
     before = engine.meter.total
-    engine.chat(prompts, GenerationParams(max_new_tokens=new_tokens))
+    outputs = engine.chat(prompts, GenerationParams(max_new_tokens=new_tokens))
     spent = engine.meter.total - before
-    return spent.completion_tokens / spent.seconds, spent.completion_tokens, spent.seconds
+    return spent.completion_tokens / spent.seconds, spent.completion_tokens, spent.seconds, [c.token_ids for c in outputs]
 
 
 def main() -> None:
@@ -151,14 +154,29 @@ def main() -> None:
         flops_per_token = 2 * matmul_parameters(engine.model)
         baseline, baseline_tokens = plain_generate_tokens_per_s(engine, prompts[: args.baseline_questions], args.new_tokens)
         print(f"{name}: plain generate, batch 1: {baseline:.1f} tokens/s ({baseline_tokens} tokens)")
-        runs = {}
+        runs, fp32_outputs = {}, {}
         for batch_size in args.batch_sizes:
-            speed, tokens, seconds = engine_tokens_per_s(engine, prompts, args.new_tokens, batch_size)
+            speed, tokens, seconds, fp32_outputs[batch_size] = engine_tokens_per_s(engine, prompts, args.new_tokens,
+                                                                                   batch_size)
             runs[batch_size] = {"tokens_per_s": speed, "tokens": tokens, "seconds": seconds,
                                 "mfu_fp32": speed * flops_per_token / (peak["float32"] * 1e9)}
             print(f"{name}: engine, batch {batch_size}: {speed:.1f} tokens/s ({tokens} tokens in {seconds:.1f} s), "
                   f"{speed / baseline:.2f}x plain, MFU {runs[batch_size]['mfu_fp32']:.1%}")
         best = max(runs, key=lambda b: runs[b]["tokens_per_s"])
+        largest = max(args.batch_sizes)
+        variants = {}
+        for label, preallocate, dtype in (("growing key/value cache, fp32", False, "float32"),
+                                          ("preallocated key/value cache, fp32", True, "float32"),
+                                          ("preallocated key/value cache, bf16", True, "bfloat16")):
+            variant = load_model(name, dtype=dtype, preallocate_kv=preallocate)
+            speed, tokens, seconds, outputs = engine_tokens_per_s(variant, prompts, args.new_tokens, largest)
+            changed = sum(a != b for a, b in zip(outputs, fp32_outputs[largest]))
+            variants[label] = {"tokens_per_s": speed, "seconds": seconds, "generations_changed": changed,
+                               "mfu": speed * flops_per_token / (peak[dtype] * 1e9),
+                               "mfu_vs_fp32_peak": speed * flops_per_token / (peak["float32"] * 1e9)}
+            print(f"{name}: batch {largest}, {label}: {speed:.1f} tokens/s, MFU {variants[label]['mfu']:.1%} of the "
+                  f"{dtype} peak ({variants[label]['mfu_vs_fp32_peak']:.1%} of fp32's); {changed} of {len(outputs)} "
+                  f"generations differ from the engine's fp32 run")
         decode_steps = {}
         for small_rows in (False, True):
             use_small_rows_linear(engine.model, small_rows)
@@ -177,6 +195,7 @@ def main() -> None:
             "best_batch_size": best,
             "speedup_vs_plain": runs[best]["tokens_per_s"] / baseline,
             "decode_step_seconds": decode_steps,
+            "batch_variants": variants,
             "target_speedup": 4.0,
         }
         print(f"{name}: best batch {best}: {report['models'][name]['speedup_vs_plain']:.2f}x plain (target 4x)")
