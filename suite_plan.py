@@ -39,14 +39,17 @@ class Plan:
 
     @property
     def estimate(self) -> tuple[float, list[str]] | None:
-        """(seconds on ``cores`` cores, parts without a measurement), or None before any measurement."""
+        """(seconds on ``cores`` cores, parts without a measurement), or None before any measurement.
+
+        A model's rate is its own: models differ several-fold in cost, so a model never measured
+        here is left out of the sum and named (the estimate is then a lower bound)."""
         rates, seconds, unmeasured = self.rates, 0.0, []
         for model, calls in self.task_calls.items():
-            rate = rates.seconds_per_task_call.get(model, _mean(rates.seconds_per_task_call))
+            rate = rates.seconds_per_task_call.get(model)
             seconds += calls * rate if rate is not None else 0.0
             unmeasured += [f"optimize on {model}"] if rate is None else []
         for target, generations in self.test_generations.items():
-            rate = rates.seconds_per_generation.get(target, _mean(rates.seconds_per_generation))
+            rate = rates.seconds_per_generation.get(target)
             seconds += generations * rate if rate is not None else 0.0
             unmeasured += [f"evaluate on {target}"] if rate is None else []
         for rule, n in self.jobs.items():
@@ -71,14 +74,10 @@ class Plan:
             out.append("estimated wall time: no measurements yet (logs/benchmark/ fills as jobs run on this machine)")
         else:
             seconds, unmeasured = estimate
-            out.append(f"estimated wall time on {self.cores} cores: {seconds / 60:.0f} min (budgets fully spent, at "
-                       "the seconds per task call and per test generation measured here before)"
-                       + (f"; not measured: {', '.join(unmeasured)}" if unmeasured else ""))
+            out.append(f"estimated wall time on {self.cores} cores: {'at least ' if unmeasured else ''}{seconds / 60:.0f} "
+                       "min (budgets fully spent, at the seconds per task call and per test generation measured here "
+                       "before)" + (f"; not measured here, so not counted: {', '.join(unmeasured)}" if unmeasured else ""))
         return out
-
-
-def _mean(values: dict[str, float]) -> float | None:
-    return statistics.mean(values.values()) if values else None
 
 
 def _benchmark_seconds(path: Path) -> float | None:

@@ -54,6 +54,9 @@ class SuiteLM(TemplateLM):
                                 batch_size=int(batch_size))
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        #: context ids -> next-token log-probabilities from the last generate_until call: lm-eval's answer pass
+        #: asks for the one-token choices after the very contexts it just generated from, which these answer free
+        self._next_logprobs: dict[tuple[int, ...], object] = {}
         self.max_length = resolve_max_length(engine.model.config, engine.tokenizer)  # as lm-eval's hf
 
     # ---- what lm-eval asks of a model ------------------------------------------------
@@ -97,8 +100,15 @@ class SuiteLM(TemplateLM):
             self._check_length(len(context_ids) + len(continuation_ids), context)
             pairs.append((context_ids, continuation_ids))
         results: list[tuple[float, bool] | None] = [None] * len(pairs)
+        for i, (context_ids, continuation_ids) in enumerate(pairs):
+            known = self._next_logprobs.get(tuple(context_ids)) if len(continuation_ids) == 1 else None
+            if known is not None:
+                token = continuation_ids[0]
+                results[i] = (float(known[token]), int(known.argmax()) == token)
+                self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
         # Long sequences first, as the engine batches them; chunks report progress and reach the cache early.
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
+        order = sorted((i for i in range(len(pairs)) if results[i] is None),
+                       key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
         progress = _Progress("loglikelihood", len(order))
         for chunk in _chunks(order, self.engine.batch_size * _CHUNK_BATCHES):
             for i, score in zip(chunk, self.engine.loglikelihoods([pairs[i] for i in chunk]), strict=True):
@@ -123,13 +133,16 @@ class SuiteLM(TemplateLM):
             encoded.append(ids)
             groups[params].append(index)
         results: list[str | None] = [None] * len(requests)
+        self._next_logprobs = {}
         for params, members in groups.items():
             order = sorted(members, key=lambda i: len(encoded[i]), reverse=True)
             progress = _Progress("generate_until", len(order))
             for chunk in _chunks(order, self.engine.batch_size * _CHUNK_BATCHES):
-                completions = self.engine.complete_ids([encoded[i] for i in chunk], params)
-                for i, completion in zip(chunk, completions, strict=True):
+                completions, next_logprobs = self.engine.complete_ids_with_next_logprobs([encoded[i] for i in chunk], params)
+                for i, completion, logprobs in zip(chunk, completions, next_logprobs, strict=True):
                     results[i] = completion.text
+                    if logprobs is not None:
+                        self._next_logprobs[tuple(encoded[i])] = logprobs
                     self.cache_hook.add_partial("generate_until", requests[i].args, completion.text)
                 progress.advance(len(chunk), sum(c.completion_tokens for c in completions))
         return results  # type: ignore[return-value]

@@ -120,6 +120,21 @@ class LocalModel(Backend):
         """Continue token-id sequences as they are (callers that build inputs segment by segment)."""
         return self._cached("ids", [list(ids) for ids in sequences], params, self._generate_encoded)
 
+    def complete_ids_with_next_logprobs(self, sequences: Sequence[Sequence[int]], params: GenerationParams = GenerationParams()
+                                        ) -> tuple[list[Completion], list[torch.Tensor | None]]:
+        """``complete_ids``, and each sequence's log-probabilities of the token after it (the first decode step's,
+        at no extra cost; None for cache hits): the log-likelihood of any one-token continuation of that context."""
+        found: dict[tuple[int, ...], torch.Tensor] = {}
+
+        def generate(missing: list[list[int]], params: GenerationParams) -> list[Completion]:
+            rows: dict[int, torch.Tensor] = {}
+            done = self._generate_rows([(None, ids) for ids in missing], params, None, next_logprobs=rows)
+            found.update((tuple(ids), rows[i]) for i, ids in enumerate(missing))
+            return done
+
+        completions = self._cached("ids", [list(ids) for ids in sequences], params, generate)
+        return completions, [found.get(tuple(ids)) for ids in sequences]
+
     def chat_and_answer(self, conversations: Sequence, params: GenerationParams, extractor: str,
                         answer_params: GenerationParams, separator: str = " ",
                         choices: Sequence[str] = ()) -> list[Completion]:
@@ -193,27 +208,38 @@ class LocalModel(Backend):
     def loglikelihoods(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
         """For (context ids, continuation ids) pairs: the continuation's summed log-probability after its
         context (teacher-forced) and whether greedy decoding would have produced it, as lm-eval's
-        ``loglikelihood`` returns them. Batched by length; only the continuation's logits are computed."""
+        ``loglikelihood`` returns them. Batched by length; only the continuation's logits are computed, and
+        pairs that feed the model the same tokens (the choices of one context, when each is one token)
+        share one row."""
         for context, continuation in pairs:
             if not context or not continuation:
                 raise ValueError("loglikelihoods needs a non-empty context and continuation")
-        sequences = [list(context) + list(continuation) for context, continuation in pairs]
-        scores: list[tuple[float, bool] | None] = [None] * len(pairs)
-        order = sorted(range(len(pairs)), key=lambda r: len(sequences[r]), reverse=True)
+        # A continuation's scores are read from the logits of context + all but its last token.
+        inputs = list(dict.fromkeys(tuple(context) + tuple(continuation[:-1]) for context, continuation in pairs))
+        row_of = {sequence: row for row, sequence in enumerate(inputs)}
+        longest = {}  # input row -> the most positions any of its pairs reads
+        for context, continuation in pairs:
+            row = row_of[tuple(context) + tuple(continuation[:-1])]
+            longest[row] = max(longest.get(row, 0), len(continuation))
+        log_probs: dict[int, torch.Tensor] = {}  # input row -> log-probabilities at its last longest[row] positions
+        order = sorted(range(len(inputs)), key=lambda r: len(inputs[r]), reverse=True)
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                keep = max(len(pairs[r][1]) for r in chunk) + 1
-                input_ids, attention, positions, _ = self.left_pad([sequences[r] for r in chunk])
+                keep = max(longest[r] for r in chunk)
+                input_ids, attention, positions, _ = self.left_pad([list(inputs[r]) for r in chunk])
                 logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                                     logits_to_keep=keep).logits[:, -keep:, :].float()
-                log_probs = torch.log_softmax(logits, dim=-1)
                 for b, r in enumerate(chunk):
-                    target = torch.tensor(list(pairs[r][1]), device=log_probs.device)
-                    predicted = log_probs[b, keep - 1 - len(target):keep - 1]
-                    scores[r] = (float(predicted[torch.arange(len(target)), target].sum()),
-                                 bool((predicted.argmax(dim=-1) == target).all()))
-        return scores  # type: ignore[return-value]
+                    log_probs[r] = torch.log_softmax(logits[b, keep - longest[r]:], dim=-1)
+        scores = []
+        for context, continuation in pairs:
+            row = row_of[tuple(context) + tuple(continuation[:-1])]
+            predicted = log_probs[row][longest[row] - len(continuation):]  # its input's last len(continuation) positions
+            target = torch.tensor(list(continuation), device=predicted.device)
+            scores.append((float(predicted[torch.arange(len(target)), target].sum()),
+                           bool((predicted.argmax(dim=-1) == target).all())))
+        return scores
 
     def hidden_states(self, rows: Sequence[tuple[int | None, Sequence[int], Sequence[int]]], prefix_cache=None,
                       leaf_positions: Sequence[int] | None = None) -> TeacherForced:
@@ -290,8 +316,10 @@ class LocalModel(Backend):
         return self._generate_rows([(None, ids) for ids in encoded], params, None)
 
     def _generate_rows(self, rows: list[tuple[int | None, list[int]]], params: GenerationParams,
-                       prefix_cache, followup: _Followup | None = None) -> list[Completion]:
-        """Length-sorted batches of (prefix index or None, token ids) rows."""
+                       prefix_cache, followup: _Followup | None = None,
+                       next_logprobs: dict[int, torch.Tensor] | None = None) -> list[Completion]:
+        """Length-sorted batches of (prefix index or None, token ids) rows; with ``next_logprobs``, each row's
+        first-step log-probabilities are stored there under its index."""
         lengths = [(len(prefix_cache.prefixes[i]) if prefix_cache is not None else 0) + len(ids) for i, ids in rows]
         order = sorted(range(len(rows)), key=lambda i: lengths[i], reverse=True)
         results: list[Completion | None] = [None] * len(rows)
@@ -303,9 +331,12 @@ class LocalModel(Backend):
                     first = self._prefill_inputs([ids for _, ids in batch])
                 else:
                     first = self._prefixed_inputs(prefix_cache, batch)
-                decoded = self._decode(*first, [lengths[i] for i in chunk], params, followup)
-                for index, completion in zip(chunk, decoded):
+                first_step = [] if next_logprobs is not None else None
+                decoded = self._decode(*first, [lengths[i] for i in chunk], params, followup, first_step)
+                for b, (index, completion) in enumerate(zip(chunk, decoded)):
                     results[index] = completion
+                    if first_step:
+                        next_logprobs[index] = first_step[0][b]
         return results  # type: ignore[return-value]
 
     def left_pad(self, sequences: list[list[int]]):
@@ -331,7 +362,8 @@ class LocalModel(Backend):
         return input_ids, torch.cat([prefix_mask, suffix_mask], dim=1), positions, cache
 
     def _decode(self, step_input, attention, positions, cache, prompt_lengths: list[int],
-                params: GenerationParams, followup: _Followup | None = None) -> list[Completion]:
+                params: GenerationParams, followup: _Followup | None = None,
+                first_step: list | None = None) -> list[Completion]:
         """Decode one batch with a KV cache, dropping rows from it as they finish.
 
         Dropping finished rows (instead of padding them to the longest output, as
@@ -368,6 +400,8 @@ class LocalModel(Backend):
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1, :]
+            if first_step is not None and not first_step:  # the prefill's prediction of every row's next token
+                first_step.append(torch.log_softmax(logits.float(), dim=-1))
             picked = self._pick(logits, params, generator).tolist()
             greedy = logits.argmax(dim=-1).tolist() if (pending or answers) and not params.greedy else picked
             feed, finished = list(picked), []

@@ -28,9 +28,9 @@ def test_the_plan_counts_the_jobs_snakemake_will_run():
         assert preview.jobs[rule] == dag[rule], rule
     assert preview.jobs["external methods"] == dag["manual_prompts"]
     # 6 searching methods x 3 tasks x 1 model x 1 seed, each capped at 360 task calls
-    assert preview.task_calls == {"smollm2-135m": 6 * 3 * 360}
-    assert preview.test_rows == {task: 20 for task in config["tasks"]}
-    assert preview.test_generations["qwen2.5-coder-0.5b"] == 2 * 60 * 8
+    assert preview.task_calls == {"qwen2.5-coder-0.5b": 6 * 3 * 360}
+    assert preview.test_rows == {task: 100 for task in config["tasks"]}
+    assert preview.test_generations["smollm2-135m"] == 2 * 300 * 8
 
 
 def test_the_estimate_scales_measured_rates_to_the_planned_work(tmp_path):
@@ -57,6 +57,28 @@ def test_the_estimate_scales_measured_rates_to_the_planned_work(tmp_path):
     assert unmeasured == []
     assert seconds == (2.0 * 100 + 1.0 * 40 + 3.0) / 2
     assert any("estimated wall time on 2 cores: 2 min" in line for line in preview.lines())
+
+
+def test_a_model_never_measured_here_is_named_not_priced_at_another_models_rate(tmp_path):
+    """Qwen2.5-Coder costs several times SmolLM2 per call: SmolLM2's rate must not stand in for it."""
+    config = {"tasks": ["navigate"], "models": ["qwen2.5-coder-0.5b"], "transfer_targets": ["smollm2-135m"],
+              "optimizers": {"opro": {}}, "budget": {"max_task_calls": 100}, "evaluation": {"limit": 10}}
+    bench, results = tmp_path / "logs" / "benchmark", tmp_path / "results"
+    (bench / "optimize/navigate/smollm2-135m/opro").mkdir(parents=True)
+    (bench / "optimize/navigate/smollm2-135m/opro/seed0.tsv").write_text("s\th:m:s\n50.0\t0:00:00\n")
+    (results / "prompts/navigate/smollm2-135m/opro").mkdir(parents=True)
+    (results / "prompts/navigate/smollm2-135m/opro/seed0.json").write_text(json.dumps({"budget": {"task_calls": 25}}))
+    (bench / "evaluate/navigate").mkdir(parents=True)
+    (bench / "evaluate/navigate/smollm2-135m.tsv").write_text("s\th:m:s\n40.0\t0:00:00\n")
+    cell = results / "eval/navigate/smollm2-135m/opro/seed0/smollm2-135m.json"
+    cell.parent.mkdir(parents=True)
+    cell.write_text(json.dumps({"n": 10, "prompt": "a"}))
+    preview = plan(config, cores=1, benchmark_dir=bench, results_dir=results)
+    seconds, unmeasured = preview.estimate
+    assert unmeasured == ["optimize on qwen2.5-coder-0.5b", "evaluate on qwen2.5-coder-0.5b"]
+    assert seconds == 2.0 * preview.test_generations["smollm2-135m"]  # 40 s / (10 rows x 2 passes) each
+    assert any(line.startswith("estimated wall time on 1 cores: at least") and
+               "not counted: optimize on qwen2.5-coder-0.5b" in line for line in preview.lines())
 
 
 def test_without_measurements_the_plan_says_so(tmp_path):

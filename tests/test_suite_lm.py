@@ -7,7 +7,7 @@ from evaluation.lmeval import PromptCell, evaluate_cells
 from evaluation.suite_lm import SuiteLM
 from suite_errors import SuiteError
 from tasks.heldout import load_test_examples
-from tests.conftest import tiny_local_model
+from tests.conftest import tiny_local_model, tiny_model_with_smollm2_tokenizer
 
 CELLS = [PromptCell("zero_shot_cot", "Let's think step by step."), PromptCell("manual", "Be careful.")]
 #: what each evaluation reads: the reasoning, the written answer (strict and lenient) and the choice scores
@@ -64,7 +64,7 @@ def test_an_interrupted_job_resumes_from_the_response_cache(tmp_path):
     examples = load_test_examples("navigate")[:6]
     cells = CELLS[:1]
     cache = tmp_path / "cache" / "tiny"
-    complete_ids, asked = model.complete_ids, []
+    complete_ids, asked = model.complete_ids_with_next_logprobs, []
 
     def failing_after_one_chunk(sequences, params):
         if asked:
@@ -72,7 +72,7 @@ def test_an_interrupted_job_resumes_from_the_response_cache(tmp_path):
         asked.append(len(sequences))
         return complete_ids(sequences, params)
 
-    model.complete_ids = failing_after_one_chunk
+    model.complete_ids_with_next_logprobs = failing_after_one_chunk
     with pytest.raises(RuntimeError, match="killed"):
         evaluate_cells(lm, task, examples, cells, tmp_path / "a", max_reasoning_tokens=4, response_cache=cache)
     assert asked == [4]
@@ -81,10 +81,10 @@ def test_an_interrupted_job_resumes_from_the_response_cache(tmp_path):
         asked.append(len(sequences))
         return complete_ids(sequences, params)
 
-    model.complete_ids = counting
+    model.complete_ids_with_next_logprobs = counting
     resumed = evaluate_cells(lm, task, examples, cells, tmp_path / "b", max_reasoning_tokens=4, response_cache=cache)
     assert asked[1] == 2  # only the reasoning the first attempt did not finish; then the answer pass
-    model.complete_ids = complete_ids
+    model.complete_ids_with_next_logprobs = complete_ids
     fresh = evaluate_cells(SuiteLM(model), task, examples, cells, tmp_path / "c", max_reasoning_tokens=4)
     assert resumed == fresh
 
@@ -122,3 +122,16 @@ def test_registered_with_lm_eval_and_scores_as_the_engine():
     from model_engine.backend import GenerationParams
 
     assert text == model.complete([context], GenerationParams(max_new_tokens=5, stop=("\n",)))[0].text
+
+
+def test_one_token_choices_after_a_generated_context_are_read_from_its_first_step():
+    """The answer pass asks for the choices after the contexts it just generated from: no second forward pass."""
+    model = tiny_model_with_smollm2_tokenizer()  # SmolLM2's tokenizer: " Yes" and " No" are one token each
+    contexts = [model.render([{"role": "user", "content": p}], "So the answer is") for p in ("Yes or No?", "Is it?")]
+    expected = SuiteLM(model).loglikelihood([_Request(c, choice) for c in contexts for choice in (" Yes", " No")])
+    lm = SuiteLM(model)
+    lm.generate_until([_Request(c, {"until": ["\n"], "max_gen_toks": 2}) for c in contexts])
+    model.loglikelihoods = lambda pairs: pytest.fail(f"a forward pass for {len(pairs)} pairs")
+    scored = lm.loglikelihood([_Request(c, choice) for c in contexts for choice in (" Yes", " No")])
+    assert [greedy for _, greedy in scored] == [greedy for _, greedy in expected]
+    assert [score for score, _ in scored] == pytest.approx([score for score, _ in expected], abs=1e-4)
