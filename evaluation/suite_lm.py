@@ -40,18 +40,21 @@ class SuiteLM(TemplateLM):
     """An lm-eval model backed by a ``model_engine.local.LocalModel``."""
 
     def __init__(self, engine=None, pretrained: str | None = None, dtype: str = "float32", device: str = "cpu",
-                 batch_size: int | str = 64, cache_dir: str | None = None, **unused):
+                 batch_size: int | str = "auto", cache_dir: str | None = None, max_batch_size: int | None = None,
+                 **unused):
         super().__init__()
         if unused:
             raise SuiteError(f"suite model: unknown argument(s) {', '.join(sorted(unused))}; it takes pretrained, "
-                             "dtype, device, batch_size, cache_dir")
+                             "dtype, device, batch_size, max_batch_size, cache_dir")
         if engine is None:
             if not pretrained:
                 raise SuiteError("suite model: give pretrained=<registered model name>")
-            from model_engine.local import load_model
+            from model_engine.local import DEFAULT_BATCH_SIZE, load_model
 
-            engine = load_model(pretrained, dtype=dtype, device=device, cache_dir=cache_dir,
-                                batch_size=int(batch_size))
+            # lm-eval's command line passes batch_size "auto" (and max_batch_size) by default: the engine's own size
+            rows = DEFAULT_BATCH_SIZE if str(batch_size).startswith("auto") else int(batch_size)
+            engine = load_model(pretrained, dtype=dtype, device=device or "cpu", cache_dir=cache_dir,
+                                batch_size=min(rows, int(max_batch_size)) if max_batch_size else rows)
         self.engine = engine
         self.tokenizer = engine.tokenizer
         #: context ids -> next-token log-probabilities from the last generate_until call: lm-eval's answer pass

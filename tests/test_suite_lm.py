@@ -135,3 +135,13 @@ def test_one_token_choices_after_a_generated_context_are_read_from_its_first_ste
     scored = lm.loglikelihood([_Request(c, choice) for c in contexts for choice in (" Yes", " No")])
     assert [greedy for _, greedy in scored] == [greedy for _, greedy in expected]
     assert [score for score, _ in scored] == pytest.approx([score for score, _ in expected], abs=1e-4)
+
+
+def test_lm_eval_builds_it_from_its_command_line_arguments():
+    """What ``lm_eval --model suite --model_args pretrained=...`` does, with the CLI's own extra arguments."""
+    lm = SuiteLM.create_from_arg_string("pretrained=smollm2-135m,dtype=float32",
+                                        {"batch_size": "auto", "max_batch_size": None, "device": None})
+    assert lm.engine.spec.name == "smollm2-135m" and lm.engine.batch_size == 64
+    assert SuiteLM.create_from_arg_string("pretrained=smollm2-135m", {"batch_size": 8}).engine.batch_size == 8
+    with pytest.raises(SuiteError, match="pretrained"):
+        SuiteLM.create_from_arg_string("dtype=float32")
