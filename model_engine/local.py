@@ -215,31 +215,27 @@ class LocalModel(Backend):
             if not context or not continuation:
                 raise ValueError("loglikelihoods needs a non-empty context and continuation")
         # A continuation's scores are read from the logits of context + all but its last token.
-        inputs = list(dict.fromkeys(tuple(context) + tuple(continuation[:-1]) for context, continuation in pairs))
-        row_of = {sequence: row for row, sequence in enumerate(inputs)}
-        longest = {}  # input row -> the most positions any of its pairs reads
-        for context, continuation in pairs:
-            row = row_of[tuple(context) + tuple(continuation[:-1])]
-            longest[row] = max(longest.get(row, 0), len(continuation))
-        log_probs: dict[int, torch.Tensor] = {}  # input row -> log-probabilities at its last longest[row] positions
-        order = sorted(range(len(inputs)), key=lambda r: len(inputs[r]), reverse=True)
+        inputs: dict[tuple[int, ...], list[int]] = {}  # model input -> the pairs read from it
+        for index, (context, continuation) in enumerate(pairs):
+            inputs.setdefault(tuple(context) + tuple(continuation[:-1]), []).append(index)
+        rows = list(inputs)
+        scores: list[tuple[float, bool] | None] = [None] * len(pairs)
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r]), reverse=True)
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                keep = max(longest[r] for r in chunk)
-                input_ids, attention, positions, _ = self.left_pad([list(inputs[r]) for r in chunk])
+                keep = max(len(pairs[i][1]) for r in chunk for i in inputs[rows[r]])
+                input_ids, attention, positions, _ = self.left_pad([list(rows[r]) for r in chunk])
                 logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                                    logits_to_keep=keep).logits[:, -keep:, :].float()
-                for b, r in enumerate(chunk):
-                    log_probs[r] = torch.log_softmax(logits[b, keep - longest[r]:], dim=-1)
-        scores = []
-        for context, continuation in pairs:
-            row = row_of[tuple(context) + tuple(continuation[:-1])]
-            predicted = log_probs[row][longest[row] - len(continuation):]  # its input's last len(continuation) positions
-            target = torch.tensor(list(continuation), device=predicted.device)
-            scores.append((float(predicted[torch.arange(len(target)), target].sum()),
-                           bool((predicted.argmax(dim=-1) == target).all())))
-        return scores
+                                    logits_to_keep=keep).logits[:, -keep:, :]
+                for b, r in enumerate(chunk):  # scored batch by batch: full-vocabulary log-probs are never kept
+                    for i in inputs[rows[r]]:
+                        continuation = list(pairs[i][1])
+                        predicted = torch.log_softmax(logits[b, keep - len(continuation):].float(), dim=-1)
+                        target = torch.tensor(continuation, device=predicted.device)
+                        scores[i] = (float(predicted[torch.arange(len(target)), target].sum()),
+                                     bool((predicted.argmax(dim=-1) == target).all()))
+        return scores  # type: ignore[return-value]
 
     def hidden_states(self, rows: Sequence[tuple[int | None, Sequence[int], Sequence[int]]], prefix_cache=None,
                       leaf_positions: Sequence[int] | None = None) -> TeacherForced:
