@@ -242,22 +242,14 @@ class LocalModel(Backend):
         """Teacher-forced last hidden states of (prefix index or None, prefix ids, suffix ids) rows, with gradients
         enabled by the caller (GReaTer's losses, their gradients with respect to one input embedding per row).
 
-        With ``prefix_cache`` and every row's prefix index, only the suffixes run (right-padded after their stored
-        prefixes). A leaf at suffix position ``leaf_positions[b]`` replaces that input embedding, so a loss's
+        With ``prefix_cache`` and every row's prefix index, only the suffixes run, batched as generation batches
+        them (``_prefixed_inputs``). A leaf at suffix position ``leaf_positions[b]`` replaces that input embedding, so a loss's
         gradient with respect to it can be taken; ``offsets[b] + p`` is suffix position p in ``hidden``.
         """
         prefixed = prefix_cache is not None and all(index is not None for index, _, _ in rows)
         if prefixed:
-            cache, prefix_mask, prefix_lengths = prefix_cache.assemble([index for index, _, _ in rows])
-            width = max(len(suffix) for _, _, suffix in rows)
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=self.device)
-            suffix_mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
-            for b, (_, _, suffix) in enumerate(rows):
-                ids[b, :len(suffix)] = torch.tensor(list(suffix), device=self.device)
-                suffix_mask[b, :len(suffix)] = 1
-            attention = torch.cat([prefix_mask, suffix_mask], dim=1)
-            positions = prefix_lengths[:, None] + torch.arange(width, device=self.device)[None, :]
-            offsets = [0] * len(rows)
+            ids, attention, positions, cache = self._prefixed_inputs(prefix_cache, [(i, list(s)) for i, _, s in rows])
+            offsets = [ids.shape[1] - len(suffix) for _, _, suffix in rows]  # each suffix is left-padded
         else:
             cache = None
             ids, attention, positions, pads = self.left_pad([list(prefix) + list(suffix) for _, prefix, suffix in rows])
