@@ -97,7 +97,7 @@ def _optimize(args) -> None:
     from pydantic import ValidationError
 
     import tasks
-    from model_engine import GenerationCache
+    from model_engine.cache import GenerationCache, generation_cache_path
     from model_engine.local import load_model
     from optimizers.base import Budget, Checkpoint, get_optimizer, write_result
     from optimizers.contract import RunContext, Terms
@@ -118,7 +118,8 @@ def _optimize(args) -> None:
         raise SuiteError("give either --optimizer-endpoint or --optimizer-model, not both")
     data = tasks.load_task_data(args.task, data_root=args.data_root, split_file=args.split_file)
     _set_threads(args.threads)
-    cache = GenerationCache(Path(args.cache_dir or ".cache") / "generations.sqlite")
+    cache = GenerationCache(generation_cache_path(args.cache_dir or ".cache", args.task, args.model, args.optimizer,
+                                                  args.seed))
     runtime = {"dtype": args.dtype, "device": args.device, "cache_dir": args.cache_dir, "generation_cache": cache,
                "batch_size": args.batch_size}
     model = load_model(args.model, **runtime)
@@ -165,7 +166,7 @@ def _evaluate(args) -> None:
                                     split_file=args.split_file, data_root=args.data_root, limit=args.limit,
                                     max_reasoning_tokens=args.max_reasoning_tokens, extractor_variant=args.extractor,
                                     response_cache=None if args.no_response_cache
-                                    else response_cache_path(args.cache_dir, description))
+                                    else response_cache_path(args.cache_dir, description, args.task))
     print(f"wrote {len(written)} evaluation files")
 
 
@@ -283,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--seed", type=int, default=0)
     optimize.add_argument("--split-file", default=None, help="split id lists (prompt-suite write-splits)")
     optimize.add_argument("--data-root", default=None)
-    optimize.add_argument("--cache-dir", default=None, help="converted models and generations.sqlite")
+    optimize.add_argument("--cache-dir", default=None, help="converted models and the job's generation cache "
+                          "(generations/TASK/MODEL/OPTIMIZER-seedN.sqlite)")
     optimize.add_argument("--checkpoint", default=None, help="default: OUTPUT.checkpoint.json")
     optimize.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     optimize.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

@@ -106,18 +106,19 @@ def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", 
     return lm, description
 
 
-def response_cache_path(cache_dir, target_description: dict) -> Path:
-    """Where lm-eval keeps this target's responses (greedy, so reusable across runs).
+def response_cache_path(cache_dir, target_description: dict, task: str) -> Path:
+    """Where lm-eval keeps this evaluate job's responses (greedy, so reusable across runs).
 
     lm-eval keys a response by the request text and generation settings only, so the
     path carries the model's identity: its checksum and dtype, or the endpoint's address.
+    One file per job (task x target): jobs on different hosts never write one database.
     """
     identity = json.dumps({key: target_description.get(key) for key in
                            ("backend", "name", "checksum", "weights_sha256", "dtype", "device", "base_url", "model")},
                           sort_keys=True)
     label = target_description.get("name") or "endpoint"
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-    return root / "lmeval" / f"{label}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    return root / "lmeval" / f"{label}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}" / task
 
 
 #: room left for the answer after the extractor (the answer pass generates at most this many tokens)

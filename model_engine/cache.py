@@ -1,9 +1,13 @@
 """A disk cache of generations, shared safely by concurrent processes.
 
 Keys hash the model's checksum, the exact input and the decoding parameters (with the
-sample index, so repeated samples at temperature > 0 stay distinct). SQLite in WAL
-mode with a busy timeout lets several Snakemake jobs read and write one file; writes
-are single ``INSERT OR IGNORE`` statements, so a crash never leaves half an entry.
+sample index, so repeated samples at temperature > 0 stay distinct). Writes are single
+``INSERT OR IGNORE`` transactions, so a crash never leaves half an entry.
+
+Each optimize job has a file of its own (``generation_cache_path``): a cluster's jobs meet
+on a network file system, where SQLite's WAL mode does not work and file locks are not
+to be trusted. The file uses the rollback journal, which is safe there for one writer,
+and a retried job finds its own earlier generations.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from pathlib import Path
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 _BUSY_TIMEOUT_S = 60.0
+
+
+def generation_cache_path(cache_dir: str | Path, task: str, model: str, optimizer: str, seed: int) -> Path:
+    """The one optimize job's cache file (never shared by jobs that may run on different hosts)."""
+    return Path(cache_dir) / "generations" / task / model / f"{optimizer}-seed{seed}.sqlite"
 
 
 def cache_key(model_identity: str, request: object, params: dict) -> str:
@@ -35,8 +44,7 @@ class GenerationCache:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA journal_mode=DELETE")
             self._local.connection = connection
         return connection
 

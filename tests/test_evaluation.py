@@ -83,11 +83,13 @@ def test_response_cache_path_depends_on_the_model_identity():
     from evaluation.run import response_cache_path
 
     base = {"backend": "hf", "name": "qwen", "checksum": "abc", "dtype": "float32", "device": "cpu"}
-    assert response_cache_path("c", base) == response_cache_path("c", dict(base))
-    assert response_cache_path("c", base) != response_cache_path("c", {**base, "checksum": "abd"})
-    assert response_cache_path("c", base) != response_cache_path("c", {**base, "dtype": "bfloat16"})
+    assert response_cache_path("c", base, "t") == response_cache_path("c", dict(base), "t")
+    assert response_cache_path("c", base, "t") != response_cache_path("c", {**base, "checksum": "abd"}, "t")
+    assert response_cache_path("c", base, "t") != response_cache_path("c", {**base, "dtype": "bfloat16"}, "t")
     endpoint = {"backend": "endpoint", "base_url": "http://a/v1", "model": "m"}
-    assert response_cache_path("c", endpoint) != response_cache_path("c", {**endpoint, "model": "n"})
+    assert response_cache_path("c", endpoint, "t") != response_cache_path("c", {**endpoint, "model": "n"}, "t")
+    # one file per evaluate job (task x target): jobs on different hosts never share a database
+    assert response_cache_path("c", base, "navigate") != response_cache_path("c", base, "gsm8k")
 
 
 def test_scoring_counts_correct_answers(tmp_path):
