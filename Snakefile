@@ -17,6 +17,17 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+# Light rules, and the ones that need the network (data and model downloads), run where
+# Snakemake runs (on a cluster: the submitting node), never as queued batch jobs.
+localrules:
+    all,
+    write_splits,
+    prepare_model,
+    report,
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/optimize.smk"

@@ -55,15 +55,31 @@ def _prepare_model(args) -> None:
     from dataclasses import asdict
 
     from model_engine.provenance import environment, write_json_atomic
-    from model_engine.registry import get_model_spec
+    from model_engine.registry import get_model_spec, spec_from_config
     from model_engine.sources import prepare
 
-    spec = get_model_spec(args.model)
+    spec = spec_from_config(args.model, _json_object(args.spec, "--spec")) if args.spec else get_model_spec(args.model)
     prepared = prepare(spec, args.cache_dir, prefer_offline=args.offline or None)
-    record = {"model": spec.name, "hf_id": spec.hf_id, **asdict(prepared), "environment": environment()}
+    record = {"model": spec.name, "hf_id": spec.hf_id, "spec": spec.describe(), **asdict(prepared),
+              "environment": environment()}
     if args.output:
         write_json_atomic(args.output, record)
     print(json.dumps(record, indent=1))
+
+
+def _model_from_record(path: str):
+    """The spec and prepared weights a workflow job loads: what the prepare_model job recorded."""
+    from model_engine.registry import spec_from_record
+    from model_engine.sources import prepared_from_record
+    from suite_errors import SuiteError
+
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise SuiteError(f"cannot read the prepared-model record {path}: {error}") from None
+    if not isinstance(record, dict) or "model" not in record:
+        raise SuiteError(f"{path} is not a prepared-model record (prompt-suite prepare-model --output)")
+    return spec_from_record(record), prepared_from_record(record, path)
 
 
 def _write_splits(args) -> None:
@@ -91,6 +107,21 @@ def _set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _load_job_model(name: str, record_path: str | None, load_model, runtime: dict):
+    """A model by name (prepared here), or from its prepared-model record (a workflow job), in its own
+    dtype where its spec sets one."""
+    from model_engine.registry import get_model_spec
+    from suite_errors import SuiteError
+
+    if record_path is None:
+        spec, prepared = get_model_spec(name), None
+    else:
+        spec, prepared = _model_from_record(record_path)
+        if spec.name != name:
+            raise SuiteError(f"{record_path} is the record of model {spec.name!r}, not {name!r}")
+    return load_model(spec, **{**runtime, "dtype": spec.dtype or runtime["dtype"]}, prepared=prepared)
 
 
 def _optimize(args) -> None:
@@ -122,7 +153,7 @@ def _optimize(args) -> None:
                                                   args.seed))
     runtime = {"dtype": args.dtype, "device": args.device, "cache_dir": args.cache_dir, "generation_cache": cache,
                "batch_size": args.batch_size}
-    model = load_model(args.model, **runtime)
+    model = _load_job_model(args.model, args.model_record, load_model, runtime)
     optimizer_model = None  # the task model writes its own prompts (self-optimization)
     if optimizer_class.uses_optimizer_llm and args.optimizer_endpoint:
         from model_engine.endpoint import EndpointModel
@@ -132,14 +163,14 @@ def _optimize(args) -> None:
                                         timeout_s=args.optimizer_endpoint_timeout)
         optimizer_model.check()  # fail now, not after hours of work
     elif optimizer_class.uses_optimizer_llm and args.optimizer_model and args.optimizer_model != args.model:
-        optimizer_model = load_model(args.optimizer_model, **runtime)
+        optimizer_model = _load_job_model(args.optimizer_model, args.optimizer_model_record, load_model, runtime)
     checkpoint = Checkpoint(args.checkpoint or f"{args.output}.checkpoint.json")
     context = RunContext(data=data, task_model=model, budget=budget, terms=terms, seed=args.seed,
                          checkpoint=checkpoint, optimizer_model=optimizer_model)
     result = optimizer.optimize(context)
     result.provenance.config = {"options": options, "terms": terms.model_dump(), "max_task_calls": args.max_task_calls,
                                 "max_optimizer_calls": args.max_optimizer_calls, "split_file": args.split_file,
-                                "dtype": args.dtype, "device": args.device, "optimizer_model": args.optimizer_model,
+                                "dtype": model.dtype, "device": args.device, "optimizer_model": args.optimizer_model,
                                 "optimizer_endpoint": args.optimizer_endpoint}
     write_result(args.output, result)
     if checkpoint.path.exists():
@@ -149,6 +180,7 @@ def _optimize(args) -> None:
 
 def _evaluate(args) -> None:
     from evaluation.run import build_lm, evaluate_prompt_files, read_prompt_file, response_cache_path
+    from suite_errors import SuiteError
 
     if args.backend == "endpoint" and not (args.endpoint and args.endpoint_model):
         raise SystemExit("error: --backend endpoint needs --endpoint and --endpoint-model")
@@ -158,9 +190,15 @@ def _evaluate(args) -> None:
         endpoint = {"base_url": args.endpoint, "model": args.endpoint_model, "timeout_s": args.endpoint_timeout}
         endpoint.update({key: value for key, value in (("api_key_env", args.endpoint_api_key_env),
                                                         ("eos_string", args.endpoint_eos_string)) if value})
+    model = None
+    if args.model_record and args.backend != "endpoint":
+        model = _model_from_record(args.model_record)
+        if model[0].name != args.target:
+            raise SuiteError(f"{args.model_record} is the record of model {model[0].name!r}, not {args.target!r}")
+    vllm_options = _json_object(args.vllm_options, "--vllm-options") if args.vllm_options else None
     _set_threads(args.threads)
     lm, description = build_lm(args.backend, args.target, args.cache_dir, args.dtype, args.device, args.batch_size,
-                               endpoint)
+                               endpoint, model=model, vllm_options=vllm_options)
     workdir = args.workdir or str(Path(args.output_dir) / args.task / f".lmeval-{args.target}")
     written = evaluate_prompt_files(args.task, args.target, records, args.output_dir, workdir, lm, description,
                                     split_file=args.split_file, data_root=args.data_root, limit=args.limit,
@@ -256,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--cache-dir", default=None, help="where converted models live (default: PROMPT_SUITE_CACHE)")
     prepare.add_argument("--offline", action="store_true", help="use the offline source even with hub access")
     prepare.add_argument("--output", default=None, help="also write the record (source, checksum, versions) here")
+    prepare.add_argument("--spec", default=None,
+                         help="a model the registry lacks, as a JSON object: hf_id, revision, chat, dtype "
+                              "(a config's hub_models entry)")
     prepare.set_defaults(run=_prepare_model)
     splits = commands.add_parser("write-splits", help="write a task's train/dev/test id lists")
     splits.add_argument("task")
@@ -287,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--cache-dir", default=None, help="converted models and the job's generation cache "
                           "(generations/TASK/MODEL/OPTIMIZER-seedN.sqlite)")
     optimize.add_argument("--checkpoint", default=None, help="default: OUTPUT.checkpoint.json")
+    optimize.add_argument("--model-record", default=None,
+                          help="load the task model from this prepare-model record (default: prepare it here)")
+    optimize.add_argument("--optimizer-model-record", default=None, help="the same for --optimizer-model")
     optimize.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     optimize.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     optimize.add_argument("--batch-size", type=_positive_int, default=64, help="generation batch size")
@@ -315,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--endpoint-timeout", type=float, default=300.0, help="seconds per request")
     evaluate.add_argument("--cache-dir", default=None,
                           help="converted models and lm-eval's response cache (default: PROMPT_SUITE_CACHE)")
+    evaluate.add_argument("--model-record", default=None,
+                          help="load the target from this prepare-model record (default: prepare it here)")
+    evaluate.add_argument("--vllm-options", default=None,
+                          help="backend vllm: lm-eval's VLLM arguments as a JSON object (tensor_parallel_size, "
+                               "gpu_memory_utilization, max_model_len, enable_prefix_caching, ...)")
     evaluate.add_argument("--no-response-cache", action="store_true",
                           help="do not reuse or store responses (an interrupted job then starts over)")
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

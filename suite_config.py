@@ -67,6 +67,7 @@ def validate_config(config: dict) -> dict:
         value = config.get(key)
         return list(value) if isinstance(value, (list, dict)) else []
 
+    _register_hub_models(config)
     if "seed" in config:
         raise ConfigError(f"seed: replaced by seeds, a list of replicate seeds (e.g. seeds: [{config['seed']}])")
     for name in names("tasks"):
@@ -99,6 +100,22 @@ def validate_config(config: dict) -> dict:
         if name in optimizer_names():
             raise ConfigError(f"external_methods.{name}: the name is a registered optimizer; pick another name")
     return config
+
+
+def _register_hub_models(config: dict) -> None:
+    """Add the config's own hub models to the registry, so names are checked against them too."""
+    from model_engine.registry import get_model_spec, model_names, register_model, spec_from_config
+
+    entries = config.get("hub_models")
+    if not isinstance(entries, dict):
+        return  # the schema names the problem
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("hf_id"), str):
+            continue  # the schema names the problem
+        spec = spec_from_config(name, entry)
+        if name in model_names() and get_model_spec(name) != spec:
+            raise ConfigError(f"hub_models.{name}: the name is a registered model; pick another name")
+        register_model(spec)
 
 
 def budget_for(config: dict, task: str) -> dict:

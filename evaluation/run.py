@@ -55,8 +55,14 @@ def read_prompt_file(path: str | Path) -> dict:
 
 
 def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", device: str = "cpu",
-             batch_size: int = 64, endpoint: dict | None = None) -> tuple[object, dict]:
+             batch_size: int = 64, endpoint: dict | None = None, model=None,
+             vllm_options: dict | None = None) -> tuple[object, dict]:
     """An lm-eval model, loaded once for the whole job, and its description.
+
+    ``model``: (spec, prepared) from the prepare step's record (a workflow job); without it the
+    registered ``target`` is prepared here. The spec's own dtype, where it sets one, wins.
+    ``vllm_options``: lm-eval's VLLM arguments (tensor_parallel_size, gpu_memory_utilization,
+    max_model_len, enable_prefix_caching, ...), passed through as given.
 
     ``suite`` (the default for local models) is the suite's own engine registered with
     lm-eval (``evaluation.suite_lm``): the model optimized, with the same weights, dtype and
@@ -84,26 +90,42 @@ def build_lm(backend: str, target: str, cache_dir=None, dtype: str = "float32", 
     from model_engine.registry import get_model_spec
     from model_engine.sources import prepare
 
-    prepared = prepare(get_model_spec(target), cache_dir)
+    spec, prepared = model if model is not None else (get_model_spec(target), None)
+    prepared = prepared or prepare(spec, cache_dir)
+    dtype = spec.dtype or dtype
     description = {"backend": backend, "name": target, "dtype": dtype, "device": device, **asdict(prepared)}
-    description["chat"] = get_model_spec(target).chat
+    description["chat"] = spec.chat
     if backend == "suite":
         from evaluation.suite_lm import SuiteLM
         from model_engine.local import load_model
 
-        lm = SuiteLM(load_model(target, dtype=dtype, device=device, cache_dir=cache_dir, batch_size=batch_size))
+        lm = SuiteLM(load_model(spec, dtype=dtype, device=device, cache_dir=cache_dir, batch_size=batch_size,
+                                prepared=prepared))
         description["chat"] = lm.engine.uses_chat_template
         return lm, description
     if backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
-        return VLLM(pretrained=prepared.path, dtype=dtype, batch_size="auto"), description
+        arguments = vllm_arguments(prepared.path, dtype, vllm_options or {})
+        description["vllm"] = arguments
+        return VLLM(**arguments), description
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(pretrained=prepared.path, dtype=dtype, device=device, batch_size=batch_size)
     # A base model (or a converted one without a template) is evaluated in the plain layout it was optimized in.
     description["chat"] = description["chat"] and bool(getattr(lm.tokenizer, "chat_template", None))
     return lm, description
+
+
+def vllm_arguments(path: str, dtype: str, options: dict) -> dict:
+    """lm-eval's VLLM constructor arguments: the prepared weights, the run's dtype, and the config's
+    ``evaluation.vllm`` options (which may not override the weights or the dtype)."""
+    clash = sorted(set(options) & {"pretrained", "dtype"})
+    if clash:
+        raise SuiteError(f"evaluation.vllm: {', '.join(clash)} cannot be set here (the prepared model and "
+                         "runtime.dtype decide them)")
+    given = {key: value for key, value in options.items() if value is not None}  # null: vLLM's own default
+    return {"pretrained": path, "dtype": dtype, "batch_size": "auto", **given}
 
 
 def response_cache_path(cache_dir, target_description: dict, task: str) -> Path:

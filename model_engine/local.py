@@ -547,10 +547,13 @@ def load_model(
     batch_size: int = DEFAULT_BATCH_SIZE,
     small_rows_linear: bool | None = None,
     preallocate_kv: bool = True,
+    prepared: PreparedModel | None = None,
 ) -> LocalModel:
     """An engine over a registered model's weights, loaded once per process (each call: a new engine, shared weights).
 
     Names, dtype and the model's source are checked before anything heavy is loaded.
+    ``prepared`` (a workflow job: ``sources.prepared_from_record``) loads what the prepare
+    step recorded instead of preparing the model here.
     ``small_rows_linear`` (default: CPU fp32 only) routes the linear layers through the
     small-rows form; it is a property of the loaded network, so it is part of what is shared.
     """
@@ -564,7 +567,8 @@ def load_model(
     with _LOAD_LOCK:
         network = _LOADED.get(key)
         if network is None:
-            network = _LOADED[key] = _load(spec, prepare(spec, cache_dir), dtype, torch_device, small_rows_linear)
+            network = _LOADED[key] = _load(spec, prepared or prepare(spec, cache_dir), dtype, torch_device,
+                                           small_rows_linear)
     return LocalModel(spec, network.prepared, network.model, network.tokenizer, dtype, batch_size, generation_cache,
                       preallocate_kv=preallocate_kv, lock=network.lock)
 

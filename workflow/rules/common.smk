@@ -23,8 +23,8 @@ OPTIMIZERS = list(config["optimizers"])
 # External methods (rules of their own, declared in the config) appear everywhere the optimizers do.
 EXTERNAL_METHODS = config["external_methods"]
 METHODS = OPTIMIZERS + list(EXTERNAL_METHODS)
-RUNTIME = {"dtype": "float32", "device": "cpu", "threads": 2, "batch_size": 64, **config.get("runtime", {})}
-EVALUATION = {"backend": "suite", "limit": None, "batch_size": 64, **config.get("evaluation", {})}
+RUNTIME = config["runtime"]  # validation filled every default from the schema
+EVALUATION = config["evaluation"]
 TERMS = config["terms"]
 SEEDS = config["seeds"]
 OPTIMIZER_LLM = config.get("optimizer_llm")
@@ -65,6 +65,7 @@ def optimize_arguments(wildcards):
     for key, value in suite_config.budget_for(config, wildcards.task).items():
         if value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]
+    args += ["--model-record", f"results/models/{wildcards.model}.json"]
     if not get_optimizer(wildcards.optimizer).uses_optimizer_llm:
         pass  # GReaTer and fixed prompts never load or call an optimizer LLM
     elif OPTIMIZER_LLM and "base_url" in OPTIMIZER_LLM:
@@ -75,7 +76,17 @@ def optimize_arguments(wildcards):
             args += ["--optimizer-api-key-env", OPTIMIZER_LLM["api_key_env"]]
     elif WRITER:
         args += ["--optimizer-model", WRITER]
+        if WRITER != wildcards.model:
+            args += ["--optimizer-model-record", f"results/models/{WRITER}.json"]
     return " ".join(args + [data_root_option()])
+
+
+def prepare_arguments(wildcards):
+    """A model the config adds (hub_models) is described to the prepare job; registered ones are known."""
+    args = ["--cache-dir", shlex.quote(config["cache_dir"])]
+    if wildcards.model in config["hub_models"]:
+        args += ["--spec", shlex.quote(json.dumps(config["hub_models"][wildcards.model]))]
+    return " ".join(args)
 
 
 def target_model_record(wildcards):
@@ -89,7 +100,9 @@ def evaluate_arguments(wildcards):
             "--extractor", TERMS["extractor_by_model"].get(wildcards.target, TERMS["extractor"])]
     endpoint = ENDPOINT_TARGETS.get(wildcards.target)
     if endpoint is None:
-        args += ["--backend", EVALUATION["backend"]]
+        args += ["--backend", EVALUATION["backend"], "--model-record", f"results/models/{wildcards.target}.json"]
+        if EVALUATION["backend"] == "vllm":
+            args += ["--vllm-options", shlex.quote(json.dumps(EVALUATION["vllm"]))]
     else:
         args += ["--backend", "endpoint", "--endpoint", shlex.quote(endpoint["base_url"]),
                  "--endpoint-model", shlex.quote(endpoint["model"]), "--endpoint-timeout", str(endpoint.get("timeout_s", 300))]

@@ -23,7 +23,7 @@ rule evaluate:
         mem_mb=12000,
         runtime=600,
     conda:
-        "../envs/suite.yaml"
+        "../envs/vllm.yaml" if EVALUATION["backend"] == "vllm" else "../envs/suite.yaml"
     shell:
-        "python -m suite_cli evaluate {wildcards.task} {wildcards.target} --prompt-files {input.prompts} "
+        "HF_HUB_OFFLINE=1 python -m suite_cli evaluate {wildcards.task} {wildcards.target} --prompt-files {input.prompts} "
         "--split-file {input.split} --output-dir results/eval --threads {threads} {params.arguments} > {log} 2>&1"

@@ -1,6 +1,10 @@
 # The example external method `manual`: hand-written prompts (task name or `default` ->
 # text) turned into the prompt contract, so they appear in every table. Declared in a
 # config as `external_methods: {manual: {rules: workflow/rules/manual.smk, prompts: FILE}}`.
+localrules:
+    manual_prompts,
+
+
 rule manual_prompts:
     input:
         prompts=config["external_methods"]["manual"]["prompts"],

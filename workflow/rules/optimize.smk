@@ -16,5 +16,5 @@ rule optimize:
     conda:
         "../envs/suite.yaml"
     shell:
-        "python -m suite_cli optimize {wildcards.task} {wildcards.model} {wildcards.optimizer} "
+        "HF_HUB_OFFLINE=1 python -m suite_cli optimize {wildcards.task} {wildcards.model} {wildcards.optimizer} "
         "--output {output} --split-file {input.split} --threads {threads} {params.arguments} > {log} 2>&1"
