@@ -163,7 +163,7 @@ def test_a_folder_converted_without_checksums_is_converted_again(tmp_path):
 
 def test_hub_only_model_offline_is_refused_clearly(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelSourceError, match="'llama-3-8b-instruct'.*has no offline source"):
+    with pytest.raises(ModelSourceError, match="'llama-3-8b-instruct'.*is neither in .*HF_HUB_OFFLINE is set"):
         prepare(get_model_spec("llama-3-8b-instruct"))
 
 
