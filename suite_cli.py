@@ -179,12 +179,20 @@ def _optimize(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from evaluation.run import build_lm, evaluate_prompt_files, read_prompt_file, response_cache_path
+    from evaluation.run import build_lm, evaluate_prompt_files, output_path, read_prompt_file, response_cache_path
     from suite_errors import SuiteError
 
     if args.backend == "endpoint" and not (args.endpoint and args.endpoint_model):
         raise SystemExit("error: --backend endpoint needs --endpoint and --endpoint-model")
     records = {path: read_prompt_file(path) for path in args.prompt_files}  # bad files fail before the model loads
+    if args.outputs:  # a workflow job writes exactly what its rule declares, checked before the model loads
+        planned = {output_path(args.output_dir, record, args.target) for record in records.values()}
+        declared = {Path(path).resolve() for path in args.outputs}
+        if planned != declared:
+            differ = sorted(map(str, planned ^ declared))[:3]
+            raise SuiteError(f"the prompt files would write other evaluation files than the rule declares "
+                             f"(e.g. {', '.join(differ)}): a prompt file's task, model, optimizer or seed field "
+                             "does not match its path")
     endpoint = None
     if args.backend == "endpoint":
         endpoint = {"base_url": args.endpoint, "model": args.endpoint_model, "timeout_s": args.endpoint_timeout}
@@ -341,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", help="target model name (for the endpoint backend: a label)")
     evaluate.add_argument("--prompt-files", nargs="+", required=True, help="results/prompts/{task}/{model}/{optimizer}.json")
     evaluate.add_argument("--output-dir", default="results/eval")
+    evaluate.add_argument("--outputs", nargs="+", default=None,
+                          help="the evaluation files this job must write (the workflow's declared outputs): "
+                               "checked before the model loads")
     evaluate.add_argument("--workdir", default=None, help="where lm-eval task YAMLs and documents are written")
     evaluate.add_argument("--split-file", default=None)
     evaluate.add_argument("--data-root", default=None)

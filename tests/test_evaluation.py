@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 import re
 
 import pytest
@@ -192,3 +193,25 @@ def test_a_prompt_that_cannot_fit_the_context_is_refused_before_any_generation(t
         evaluate_prompt_files("navigate", "tiny", records, str(tmp_path / "eval"), str(tmp_path / "work"), lm,
                               {"chat": True}, max_reasoning_tokens=64)
     assert not (tmp_path / "eval").exists()
+
+
+def test_an_evaluate_job_writes_only_the_files_its_rule_declares(tmp_path):
+    """A prompt file whose fields disagree with its path (here: another seed) would write an evaluation
+    file the workflow does not know; the job refuses before the model loads, naming the file."""
+    import subprocess
+    import sys
+
+    from tests.conftest import optimize
+
+    record = optimize("zero_shot_cot")
+    record["provenance"]["seed"] = 3
+    prompt = tmp_path / "seed0.json"
+    prompt.write_text(json.dumps(record))
+    declared = tmp_path / "eval" / record["task"] / record["model"] / "zero_shot_cot" / "seed0" / "smollm2-135m.json"
+    result = subprocess.run([sys.executable, "-m", "suite_cli", "evaluate", record["task"], "smollm2-135m",
+                             "--prompt-files", str(prompt), "--output-dir", str(tmp_path / "eval"),
+                             "--outputs", str(declared)], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "other evaluation files than the rule declares" in result.stderr and "seed3" in result.stderr
+    assert "Loading" not in result.stderr and not (tmp_path / "eval").exists()

@@ -26,4 +26,4 @@ rule evaluate:
         "../envs/vllm.yaml" if EVALUATION["backend"] == "vllm" else "../envs/suite.yaml"
     shell:
         "HF_HUB_OFFLINE=1 python -m suite_cli evaluate {wildcards.task} {wildcards.target} --prompt-files {input.prompts} "
-        "--split-file {input.split} --output-dir results/eval --threads {threads} {params.arguments} > {log} 2>&1"
+        "--split-file {input.split} --output-dir results/eval --outputs {output} --threads {threads} {params.arguments} > {log} 2>&1"
