@@ -124,9 +124,30 @@ def _load_job_model(name: str, record_path: str | None, load_model, runtime: dic
     return load_model(spec, **{**runtime, "dtype": spec.dtype or runtime["dtype"]}, prepared=prepared)
 
 
+_OPTIMIZE_JOB = ("options", "terms", "budget", "runtime", "optimizer_endpoint", "optimizer_model", "cache_dir",
+                 "data_root")
+_EVALUATE_JOB = ("evaluation", "runtime", "max_reasoning_tokens", "extractor", "endpoint", "cache_dir", "data_root")
+
+
+def _job(args, keys: tuple[str, ...], build) -> dict:
+    """The job's slice of the validated config: the workflow's ``--job`` (suite_config builds it),
+    or built here the same way from ``--configfile`` (defaults from the schema alone)."""
+    from suite_errors import SuiteError
+
+    if not args.job:
+        return build()
+    job = _json_object(args.job, "--job")
+    missing = [key for key in keys if key not in job]
+    if missing:
+        raise SuiteError(f"--job lacks {', '.join(missing)} (the workflow builds it with suite_config; by hand, "
+                         "use --configfile)")
+    return job
+
+
 def _optimize(args) -> None:
     from pydantic import ValidationError
 
+    import suite_config
     import tasks
     from model_engine.cache import GenerationCache, generation_cache_path
     from model_engine.local import load_model
@@ -134,44 +155,38 @@ def _optimize(args) -> None:
     from optimizers.contract import RunContext, Terms
     from suite_errors import SuiteError
 
-    options = _json_object(args.options, "--options")
+    job = _job(args, _OPTIMIZE_JOB, lambda: suite_config.optimize_job(
+        suite_config.job_from_configfile(args.configfile, args.task, [args.model], args.optimizer),
+        args.task, args.model, args.optimizer))
     optimizer_class = get_optimizer(args.optimizer)
-    optimizer = optimizer_class(**options)  # bad options fail here, before any load
+    optimizer = optimizer_class(**job["options"])  # bad options fail here, before any load
     try:
-        terms = Terms(**_json_object(args.terms, "--terms"))
+        terms = Terms(**job["terms"])
     except ValidationError as error:
         first = error.errors()[0]
-        raise SuiteError(f"--terms: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    budget = Budget(args.max_task_calls, args.max_optimizer_calls)
-    if args.optimizer_endpoint and not args.optimizer_endpoint_model:
-        raise SuiteError("--optimizer-endpoint needs --optimizer-endpoint-model")
-    if args.optimizer_endpoint and args.optimizer_model:
-        raise SuiteError("give either --optimizer-endpoint or --optimizer-model, not both")
-    data = tasks.load_task_data(args.task, data_root=args.data_root, split_file=args.split_file)
+        raise SuiteError(f"terms: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    budget = Budget(job["budget"].get("max_task_calls"), job["budget"].get("max_optimizer_calls"))
+    data = tasks.load_task_data(args.task, data_root=job["data_root"], split_file=args.split_file)
     _set_threads(args.threads)
-    cache = GenerationCache(generation_cache_path(args.cache_dir or ".cache", args.task, args.model, args.optimizer,
-                                                  args.seed))
-    runtime = {"dtype": args.dtype, "device": args.device, "cache_dir": args.cache_dir, "generation_cache": cache,
-               "batch_size": args.batch_size}
+    cache = GenerationCache(generation_cache_path(job["cache_dir"], args.task, args.model, args.optimizer, args.seed))
+    runtime = {**job["runtime"], "cache_dir": job["cache_dir"], "generation_cache": cache}
     model = _load_job_model(args.model, args.model_record, load_model, runtime)
     optimizer_model = None  # the task model writes its own prompts (self-optimization)
-    if optimizer_class.uses_optimizer_llm and args.optimizer_endpoint:
+    if job["optimizer_endpoint"]:
         from model_engine.endpoint import EndpointModel
 
-        optimizer_model = EndpointModel(args.optimizer_endpoint, args.optimizer_endpoint_model,
-                                        api_key_env=args.optimizer_api_key_env, cache=cache,
-                                        timeout_s=args.optimizer_endpoint_timeout)
+        endpoint = job["optimizer_endpoint"]
+        optimizer_model = EndpointModel(endpoint["base_url"], endpoint["model"], api_key_env=endpoint.get("api_key_env"),
+                                        cache=cache, timeout_s=endpoint["timeout_s"])
         optimizer_model.check()  # fail now, not after hours of work
-    elif optimizer_class.uses_optimizer_llm and args.optimizer_model and args.optimizer_model != args.model:
-        optimizer_model = _load_job_model(args.optimizer_model, args.optimizer_model_record, load_model, runtime)
+    elif job["optimizer_model"]:
+        optimizer_model = _load_job_model(job["optimizer_model"], args.optimizer_model_record, load_model, runtime)
     checkpoint = Checkpoint(args.checkpoint or f"{args.output}.checkpoint.json")
     context = RunContext(data=data, task_model=model, budget=budget, terms=terms, seed=args.seed,
                          checkpoint=checkpoint, optimizer_model=optimizer_model)
     result = optimizer.optimize(context)
-    result.provenance.config = {"options": options, "terms": terms.model_dump(), "max_task_calls": args.max_task_calls,
-                                "max_optimizer_calls": args.max_optimizer_calls, "split_file": args.split_file,
-                                "dtype": model.dtype, "device": args.device, "optimizer_model": args.optimizer_model,
-                                "optimizer_endpoint": args.optimizer_endpoint}
+    result.provenance.config = {**job, "terms": terms.model_dump(), "split_file": args.split_file,
+                                "runtime": {**job["runtime"], "dtype": model.dtype}}
     write_result(args.output, result)
     if checkpoint.path.exists():
         checkpoint.path.unlink()  # the result is written; a rerun starts afresh
@@ -179,11 +194,12 @@ def _optimize(args) -> None:
 
 
 def _evaluate(args) -> None:
+    import suite_config
     from evaluation.run import build_lm, evaluate_prompt_files, output_path, read_prompt_file, response_cache_path
     from suite_errors import SuiteError
 
-    if args.backend == "endpoint" and not (args.endpoint and args.endpoint_model):
-        raise SystemExit("error: --backend endpoint needs --endpoint and --endpoint-model")
+    job = _job(args, _EVALUATE_JOB, lambda: suite_config.evaluate_job(
+        suite_config.job_from_configfile(args.configfile, args.task, [args.target]), args.task, args.target))
     records = {path: read_prompt_file(path) for path in args.prompt_files}  # bad files fail before the model loads
     if args.outputs:  # a workflow job writes exactly what its rule declares, checked before the model loads
         planned = {output_path(args.output_dir, record, args.target) for record in records.values()}
@@ -193,26 +209,22 @@ def _evaluate(args) -> None:
             raise SuiteError(f"the prompt files would write other evaluation files than the rule declares "
                              f"(e.g. {', '.join(differ)}): a prompt file's task, model, optimizer or seed field "
                              "does not match its path")
-    endpoint = None
-    if args.backend == "endpoint":
-        endpoint = {"base_url": args.endpoint, "model": args.endpoint_model, "timeout_s": args.endpoint_timeout}
-        endpoint.update({key: value for key, value in (("api_key_env", args.endpoint_api_key_env),
-                                                        ("eos_string", args.endpoint_eos_string)) if value})
+    evaluation, endpoint = job["evaluation"], job["endpoint"]
+    backend = "endpoint" if endpoint else evaluation["backend"]
     model = None
-    if args.model_record and args.backend != "endpoint":
+    if args.model_record and not endpoint:
         model = _model_from_record(args.model_record)
         if model[0].name != args.target:
             raise SuiteError(f"{args.model_record} is the record of model {model[0].name!r}, not {args.target!r}")
-    vllm_options = _json_object(args.vllm_options, "--vllm-options") if args.vllm_options else None
     _set_threads(args.threads)
-    lm, description = build_lm(args.backend, args.target, args.cache_dir, args.dtype, args.device, args.batch_size,
-                               endpoint, model=model, vllm_options=vllm_options)
+    lm, description = build_lm(backend, args.target, job["cache_dir"], job["runtime"]["dtype"], job["runtime"]["device"],
+                               evaluation["batch_size"], endpoint, model=model, vllm_options=evaluation.get("vllm"))
     workdir = args.workdir or str(Path(args.output_dir) / args.task / f".lmeval-{args.target}")
     written = evaluate_prompt_files(args.task, args.target, records, args.output_dir, workdir, lm, description,
-                                    split_file=args.split_file, data_root=args.data_root, limit=args.limit,
-                                    max_reasoning_tokens=args.max_reasoning_tokens, extractor_variant=args.extractor,
+                                    split_file=args.split_file, data_root=job["data_root"], limit=evaluation["limit"],
+                                    max_reasoning_tokens=job["max_reasoning_tokens"], extractor_variant=job["extractor"],
                                     response_cache=None if args.no_response_cache
-                                    else response_cache_path(args.cache_dir, description, args.task))
+                                    else response_cache_path(job["cache_dir"], description, args.task))
     print(f"wrote {len(written)} evaluation files")
 
 
@@ -312,74 +324,44 @@ def build_parser() -> argparse.ArgumentParser:
     splits.add_argument("--data-root", default=None, help="benchmark data folder (default: see README)")
     splits.add_argument("--no-download", action="store_true", help="never fetch missing data files")
     splits.set_defaults(run=_write_splits)
+    job_help = ("the job's settings as the workflow passes them (JSON: its slice of the validated config); "
+                "by hand, give --configfile instead")
+    config_help = "a config file (config/README.md); its settings for this job, defaults from the schema"
     optimize = commands.add_parser("optimize", help="optimize a prompt for one task x model x optimizer")
     optimize.add_argument("task")
     optimize.add_argument("model")
     optimize.add_argument("optimizer")
     optimize.add_argument("--output", required=True, help="the result JSON (results/prompts/{task}/{model}/{optimizer}.json)")
-    optimize.add_argument("--options", default="{}", help="optimizer options as a JSON object")
-    optimize.add_argument("--terms", default="{}",
-                          help="the shared terms as a JSON object: initial_prompt, max_reasoning_tokens, n_dev, extractor, "
-                               "extractor_by_model")
-    optimize.add_argument("--max-task-calls", type=int, default=None, help="budget in task calls (default: none)")
-    optimize.add_argument("--max-optimizer-calls", type=int, default=None, help="cap on optimizer-LLM completions")
-    optimize.add_argument("--optimizer-endpoint", default=None,
-                          help="OpenAI-compatible base URL of the optimizer LLM (default: the task model itself)")
-    optimize.add_argument("--optimizer-endpoint-model", default=None, help="model name at that endpoint")
-    optimize.add_argument("--optimizer-api-key-env", default=None, help="environment variable holding its API key")
-    optimize.add_argument("--optimizer-endpoint-timeout", type=float, default=60.0, help="seconds per request")
-    optimize.add_argument("--optimizer-model", default=None,
-                          help="a registry model loaded locally to write prompts (default: the task model itself)")
+    settings = optimize.add_mutually_exclusive_group()
+    settings.add_argument("--configfile", default=None, help=config_help + " (none: every default)")
+    settings.add_argument("--job", default=None, help=job_help)
     optimize.add_argument("--seed", type=int, default=0)
     optimize.add_argument("--split-file", default=None, help="split id lists (prompt-suite write-splits)")
-    optimize.add_argument("--data-root", default=None)
-    optimize.add_argument("--cache-dir", default=None, help="converted models and the job's generation cache "
-                          "(generations/TASK/MODEL/OPTIMIZER-seedN.sqlite)")
     optimize.add_argument("--checkpoint", default=None, help="default: OUTPUT.checkpoint.json")
     optimize.add_argument("--model-record", default=None,
                           help="load the task model from this prepare-model record (default: prepare it here)")
-    optimize.add_argument("--optimizer-model-record", default=None, help="the same for --optimizer-model")
-    optimize.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    optimize.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    optimize.add_argument("--batch-size", type=_positive_int, default=64, help="generation batch size")
+    optimize.add_argument("--optimizer-model-record", default=None, help="the same for a local optimizer LLM")
     optimize.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's choice)")
     optimize.set_defaults(run=_optimize)
     evaluate = commands.add_parser("evaluate", help="evaluate optimized prompts on a target model (lm-eval, test split)")
     evaluate.add_argument("task")
-    evaluate.add_argument("target", help="target model name (for the endpoint backend: a label)")
+    evaluate.add_argument("target", help="target model name (an endpoint target: its label in the config)")
     evaluate.add_argument("--prompt-files", nargs="+", required=True, help="results/prompts/{task}/{model}/{optimizer}.json")
+    settings = evaluate.add_mutually_exclusive_group()
+    settings.add_argument("--configfile", default=None,
+                          help=config_help + ": evaluation.*, runtime.*, terms' reasoning limit and extractor, "
+                               "endpoint_targets (none: every default)")
+    settings.add_argument("--job", default=None, help=job_help)
     evaluate.add_argument("--output-dir", default="results/eval")
     evaluate.add_argument("--outputs", nargs="+", default=None,
                           help="the evaluation files this job must write (the workflow's declared outputs): "
                                "checked before the model loads")
     evaluate.add_argument("--workdir", default=None, help="where lm-eval task YAMLs and documents are written")
     evaluate.add_argument("--split-file", default=None)
-    evaluate.add_argument("--data-root", default=None)
-    evaluate.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N test rows")
-    evaluate.add_argument("--max-reasoning-tokens", type=int, default=512)
-    evaluate.add_argument("--extractor", default="dollar", choices=["dollar", "gemma2", "plain"],
-                          help="the target model's extractor variant (terms.extractor / terms.extractor_by_model)")
-    evaluate.add_argument("--backend", default="suite", choices=["suite", "hf", "vllm", "endpoint"],
-                          help="lm-eval model type: suite (the suite's engine), hf, vllm, or "
-                               "local-chat-completions (endpoint)")
-    evaluate.add_argument("--endpoint", default=None, help="OpenAI-compatible base URL (backend endpoint)")
-    evaluate.add_argument("--endpoint-model", default=None)
-    evaluate.add_argument("--endpoint-api-key-env", default=None, help="environment variable holding the API key")
-    evaluate.add_argument("--endpoint-eos-string", default=None,
-                          help="the served model's end-of-turn text, sent as a stop string")
-    evaluate.add_argument("--endpoint-timeout", type=float, default=300.0, help="seconds per request")
-    evaluate.add_argument("--cache-dir", default=None,
-                          help="converted models and lm-eval's response cache (default: PROMPT_SUITE_CACHE)")
     evaluate.add_argument("--model-record", default=None,
                           help="load the target from this prepare-model record (default: prepare it here)")
-    evaluate.add_argument("--vllm-options", default=None,
-                          help="backend vllm: lm-eval's VLLM arguments as a JSON object (tensor_parallel_size, "
-                               "gpu_memory_utilization, max_model_len, enable_prefix_caching, ...)")
     evaluate.add_argument("--no-response-cache", action="store_true",
                           help="do not reuse or store responses (an interrupted job then starts over)")
-    evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=64)
     evaluate.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's choice)")
     evaluate.set_defaults(run=_evaluate)
     report = commands.add_parser(

@@ -129,6 +129,66 @@ def budget_for(config: dict, task: str) -> dict:
     return caps
 
 
+def optimize_job(config: dict, task: str, model: str, optimizer: str) -> dict:
+    """Everything one optimize job takes from the validated config (defaults filled by the schema).
+
+    The workflow hands a job this slice as one JSON argument and the human CLI builds it from
+    a config file: one path from config to code, with the defaults in the schema alone.
+    """
+    from optimizers.base import get_optimizer
+
+    uses_writer = get_optimizer(optimizer).uses_optimizer_llm
+    llm, writer = config["optimizer_llm"], local_optimizer_model(config)
+    return {
+        "options": config["optimizers"][optimizer],
+        "terms": config["terms"],
+        "budget": budget_for(config, task),
+        "runtime": {key: config["runtime"][key] for key in ("dtype", "device", "batch_size")},
+        # GReaTer and fixed prompts never load or call an optimizer LLM; the task model writes its own
+        "optimizer_endpoint": llm if uses_writer and llm and "base_url" in llm else None,
+        "optimizer_model": writer if uses_writer and writer not in (None, model) else None,
+        "cache_dir": config["cache_dir"],
+        "data_root": config["data_root"],
+    }
+
+
+def evaluate_job(config: dict, task: str, target: str) -> dict:
+    """Everything one evaluate job (task x target) takes from the validated config."""
+    terms = config["terms"]
+    return {
+        "evaluation": config["evaluation"],
+        "runtime": {key: config["runtime"][key] for key in ("dtype", "device")},
+        "max_reasoning_tokens": terms["max_reasoning_tokens"],
+        "extractor": terms["extractor_by_model"].get(target, terms["extractor"]),
+        "endpoint": config["endpoint_targets"].get(target),  # None: a local model
+        "cache_dir": config["cache_dir"],
+        "data_root": config["data_root"],
+    }
+
+
+def job_from_configfile(path: str, task: str, models: list[str], optimizer: str | None = None) -> dict:
+    """A minimal validated config for one job of the human CLI: the file's settings (or none), with
+    this job's task, models and optimizer made part of it so that names are checked too."""
+    config = {}
+    if path:
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read config {path}: {error}") from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    config["tasks"] = [task]
+    given = [name for key in ("models", "transfer_targets", "endpoint_targets")
+             if isinstance(config.get(key), (list, dict)) for name in config[key]]
+    listed = config.get("models") if isinstance(config.get("models"), list) else []
+    config["models"] = listed + [name for name in models if name not in given]
+    if optimizer is not None:
+        config["optimizers"] = {optimizer: (config.get("optimizers") or {}).get(optimizer, {})}
+    elif not config.get("optimizers"):
+        config["optimizers"] = {"zero_shot_cot": {}}  # an evaluate job uses none; the schema asks for one
+    return validate_config(config)
+
+
 def local_optimizer_model(config: dict) -> str | None:
     """The registry model loaded locally to write the text methods' prompts; None for the task
     model itself (self-optimization) or an endpoint."""

@@ -178,13 +178,16 @@ def test_bad_generation_options_fail_before_work():
         load_model("smollm2-135m", dtype="fp8")
 
 
-@pytest.mark.parametrize("flag, value", [("--limit", "0"), ("--limit", "-1"), ("--batch-size", "0")])
-def test_cli_counts_must_be_positive(flag, value):
-    """--limit 0 once meant "all" and -1 "all but one": now both are refused with the flag named, exit 2."""
+@pytest.mark.parametrize("setting, value", [("limit", 0), ("limit", -1), ("batch_size", 0)])
+def test_evaluation_counts_must_be_positive(tmp_path, setting, value):
+    """limit 0 once meant "all" and -1 "all but one": now both are refused with the key named, exit 2."""
     import subprocess
     import sys
 
+    config = tmp_path / "config.yaml"
+    config.write_text(f"evaluation: {{{setting}: {value}}}\n")
     result = subprocess.run([sys.executable, "-m", "suite_cli", "evaluate", "navigate", "smollm2-135m",
-                             "--prompt-files", "p.json", flag, value], capture_output=True, text=True, timeout=120)
+                             "--prompt-files", "p.json", "--configfile", str(config)],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert f"argument {flag}: '{value}' is not a positive integer" in result.stderr
+    assert f"evaluation.{setting}: {value} is less than the minimum of 1" in result.stderr

@@ -16,13 +16,15 @@ OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
 
-def _optimize(tmp_path: Path, optimizer: str, options: str) -> subprocess.Popen:
+def _optimize(tmp_path: Path, optimizer: str, options: dict) -> subprocess.Popen:
     output = tmp_path / f"{optimizer}.json"
+    config = tmp_path / f"{optimizer}.yaml"
+    config.write_text(yaml.safe_dump({
+        "optimizers": {optimizer: options}, "terms": {"max_reasoning_tokens": 16, "n_dev": 4},
+        "budget": {"max_task_calls": 40}, "cache_dir": str(tmp_path / "cache"), "runtime": {"batch_size": 8}}))
     return subprocess.Popen(
         [sys.executable, "-m", "suite_cli", "optimize", "navigate", "smollm2-135m", optimizer, "--output", str(output),
-         "--options", options, "--terms", '{"max_reasoning_tokens": 16, "n_dev": 4}', "--max-task-calls", "40",
-         "--split-file", str(tmp_path / "split.json"), "--cache-dir", str(tmp_path / "cache"), "--threads", "1",
-         "--batch-size", "8"],
+         "--configfile", str(config), "--split-file", str(tmp_path / "split.json"), "--threads", "1"],
         cwd=ROOT, env=OFFLINE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -36,9 +38,9 @@ def _rows(path: Path) -> int:
 def test_two_optimize_jobs_on_one_cache_folder_keep_their_generations_apart_and_intact(tmp_path):
     subprocess.run([sys.executable, "-m", "suite_cli", "write-splits", "navigate", str(tmp_path / "split.json")],
                    cwd=ROOT, env=OFFLINE, check=True, capture_output=True)
-    jobs = {"opro": '{"steps": 1, "samples_per_step": 2, "n_train": 4, "final_candidates": 1, "max_tokens": 24}',
-            "ape": '{"proposal_requests": 1, "proposals_per_request": 2, "screen_examples": 2, "rescore_top": 1, '
-                   '"max_tokens": 24}'}
+    jobs = {"opro": {"steps": 1, "samples_per_step": 2, "n_train": 4, "final_candidates": 1, "max_tokens": 24},
+            "ape": {"proposal_requests": 1, "proposals_per_request": 2, "screen_examples": 2, "rescore_top": 1,
+                    "max_tokens": 24}}
     running = {name: _optimize(tmp_path, name, options) for name, options in jobs.items()}  # at the same time
     for name, process in running.items():
         output, _ = process.communicate(timeout=600)

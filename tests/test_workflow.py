@@ -1,6 +1,8 @@
 """The Snakemake workflow: every config plans, bad configs fail before the DAG is built."""
 
+import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -120,17 +122,39 @@ def test_shared_terms_and_budgets_reach_every_optimize_job(tmp_path):
     assert result.returncode == 0, result.output[-2000:]
     commands = [line for line in result.output.splitlines() if "suite_cli optimize" in line]
     assert len(commands) == 4
-    for command in commands:
-        assert '"initial_prompt": "Go."' in command and '"max_reasoning_tokens": 77' in command
-        assert ("--max-task-calls 300" in command) == (" gsm8k " in command)
-        assert ("--optimizer-model qwen2.5-coder-0.5b" in command) == (" opro " in command)
-        assert '"extractor": "dollar"' in command and '"extractor_by_model": {"qwen2.5-coder-0.5b": "plain"}' in command
+    for command in commands:  # each job gets its slice of the validated config as one JSON argument
+        job = json.loads(shlex.split(command.split(" --job ", 1)[1])[0])
+        assert job["terms"]["initial_prompt"] == "Go." and job["terms"]["max_reasoning_tokens"] == 77
+        assert job["terms"]["extractor"] == "dollar" and job["terms"]["extractor_by_model"] == {"qwen2.5-coder-0.5b": "plain"}
+        assert job["budget"]["max_task_calls"] == (300 if " gsm8k " in command else 100)
+        assert (job["optimizer_model"] == "qwen2.5-coder-0.5b") == (" opro " in command)
+        assert ("--optimizer-model-record results/models/qwen2.5-coder-0.5b.json" in command) == (" opro " in command)
+        assert job["runtime"] == {"dtype": "float32", "device": "cpu", "batch_size": 64}  # the schema's defaults
     evaluates = [line for line in result.output.splitlines() if "suite_cli evaluate" in line]
-    assert len(evaluates) == 4 and all("--max-reasoning-tokens 77" in line for line in evaluates)
+    assert len(evaluates) == 4
     for line in evaluates:  # each target model is evaluated with its own extractor variant
-        assert ("--extractor plain" in line) == (" qwen2.5-coder-0.5b " in line), line
-        assert ("--extractor dollar" in line) == (" smollm2-135m " in line), line
+        job = json.loads(shlex.split(line.split(" --job ", 1)[1])[0])
+        assert job["max_reasoning_tokens"] == 77
+        assert job["extractor"] == ("plain" if " qwen2.5-coder-0.5b " in line else "dollar"), line
     assert re.search(r"prepare_model\s+2\b", result.output)  # the optimizer LLM is prepared too
+
+
+def test_a_job_built_from_a_config_file_by_hand_equals_the_workflows(tmp_path):
+    """One path from config to code: the human CLI's --configfile and the workflow build the same slice."""
+    import suite_config
+
+    config = yaml.safe_load(BASE) | {"budget": {"max_task_calls": 50}, "runtime": {"batch_size": 8}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    workflow = suite_config.validate_config(yaml.safe_load(path.read_text()))
+    by_hand = suite_config.job_from_configfile(str(path), "navigate", ["smollm2-135m"], "zero_shot_cot")
+    assert suite_config.optimize_job(by_hand, "navigate", "smollm2-135m", "zero_shot_cot") == \
+        suite_config.optimize_job(workflow, "navigate", "smollm2-135m", "zero_shot_cot")
+    assert suite_config.evaluate_job(by_hand, "navigate", "smollm2-135m") == \
+        suite_config.evaluate_job(workflow, "navigate", "smollm2-135m")
+    # without a file every setting is the schema's default
+    bare = suite_config.job_from_configfile(None, "navigate", ["smollm2-135m"], "opro")
+    assert suite_config.optimize_job(bare, "navigate", "smollm2-135m", "opro")["runtime"]["batch_size"] == 64
 
 
 def test_an_external_method_needs_only_its_rules_file_and_a_config_entry(tmp_path):

@@ -58,17 +58,7 @@ mkdir -p "$ETC" "$RUN" "$LOG" "$SPOOL/ctld" "$SPOOL/d" "$MUNGE" "$DB"
 chmod 0700 "$MUNGE"
 
 # ---------------------------------------------------------------- helpers ---
-# alive PIDFILE: the pid in PIDFILE is a live (not zombie) process whose
-# name starts with the daemon's (so a stale pid file never hits a stranger).
-alive() {
-  local pid name want
-  [ -s "$1" ] || return 1
-  pid=$(cat "$1")
-  want=$(basename "$1" .pid); [ "$want" = mariadb ] && want=mariadbd
-  name=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-  case "$name" in "$want"*) ;; *) return 1 ;; esac
-  [ "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"  # alive PIDFILE
 
 # start NAME LOGFILE CMD...: run CMD in the foreground mode of the daemon,
 # detached in its own session; its pid goes to $RUN/NAME.pid.

@@ -6,7 +6,6 @@ import shlex
 
 import suite_config
 from evaluation import report as report_tables
-from optimizers.base import get_optimizer
 from suite_errors import SuiteError
 
 
@@ -24,11 +23,7 @@ OPTIMIZERS = list(config["optimizers"])
 EXTERNAL_METHODS = config["external_methods"]
 METHODS = OPTIMIZERS + list(EXTERNAL_METHODS)
 RUNTIME = config["runtime"]  # validation filled every default from the schema
-EVALUATION = config["evaluation"]
-TERMS = config["terms"]
 SEEDS = config["seeds"]
-OPTIMIZER_LLM = config.get("optimizer_llm")
-WRITER = suite_config.local_optimizer_model(config)  # a local model writing the text methods' prompts
 LOCAL_MODELS = suite_config.local_models(config)  # every model a job loads
 
 
@@ -41,44 +36,41 @@ wildcard_constraints:
 
 
 def data_root_option():
-    return f"--data-root {shlex.quote(config['data_root'])}" if config.get("data_root") else ""
+    return f"--data-root {shlex.quote(config['data_root'])}" if config["data_root"] else ""
 
 
 def optimize_inputs(wildcards):
     """The split, the task model and, for text methods with a local optimizer LLM, that model."""
     inputs = {"split": f"results/splits/{wildcards.task}.json", "model": f"results/models/{wildcards.model}.json"}
-    if get_optimizer(wildcards.optimizer).uses_optimizer_llm and WRITER not in (None, wildcards.model):
-        inputs["optimizer_model"] = f"results/models/{WRITER}.json"
+    writer = suite_config.optimize_job(config, wildcards.task, wildcards.model, wildcards.optimizer)["optimizer_model"]
+    if writer:
+        inputs["optimizer_model"] = f"results/models/{writer}.json"
     return inputs
 
 
-def optimize_arguments(wildcards):
-    """Everything `prompt-suite optimize` needs from the config, shell-quoted."""
-    args = [
-        "--options", shlex.quote(json.dumps(config["optimizers"][wildcards.optimizer])),
-        "--terms", shlex.quote(json.dumps(TERMS)),
-        "--seed", wildcards.seed,
-        "--cache-dir", shlex.quote(config["cache_dir"]),
-        "--dtype", RUNTIME["dtype"], "--device", RUNTIME["device"],
-        "--batch-size", str(RUNTIME["batch_size"]),
-    ]
-    for key, value in suite_config.budget_for(config, wildcards.task).items():
-        if value is not None:
-            args += [f"--{key.replace('_', '-')}", str(value)]
-    args += ["--model-record", f"results/models/{wildcards.model}.json"]
-    if not get_optimizer(wildcards.optimizer).uses_optimizer_llm:
-        pass  # GReaTer and fixed prompts never load or call an optimizer LLM
-    elif OPTIMIZER_LLM and "base_url" in OPTIMIZER_LLM:
-        args += ["--optimizer-endpoint", shlex.quote(OPTIMIZER_LLM["base_url"]),
-                 "--optimizer-endpoint-model", shlex.quote(OPTIMIZER_LLM["model"]),
-                 "--optimizer-endpoint-timeout", str(OPTIMIZER_LLM["timeout_s"])]
-        if OPTIMIZER_LLM.get("api_key_env"):
-            args += ["--optimizer-api-key-env", OPTIMIZER_LLM["api_key_env"]]
-    elif WRITER:
-        args += ["--optimizer-model", WRITER]
-        if WRITER != wildcards.model:
-            args += ["--optimizer-model-record", f"results/models/{WRITER}.json"]
-    return " ".join(args + [data_root_option()])
+def optimize_job(wildcards):
+    """The job's slice of the validated config, as one JSON argument (suite_config.optimize_job)."""
+    return shlex.quote(json.dumps(suite_config.optimize_job(config, wildcards.task, wildcards.model, wildcards.optimizer)))
+
+
+def optimizer_model_record(wildcards):
+    """A local optimizer LLM's prepared-model record, when this job loads one."""
+    inputs = optimize_inputs(wildcards)
+    return f"--optimizer-model-record {inputs['optimizer_model']}" if "optimizer_model" in inputs else ""
+
+
+def target_model_record(wildcards):
+    """A local target's prepared-model record; endpoint targets have none."""
+    return [] if wildcards.target in ENDPOINT_TARGETS else f"results/models/{wildcards.target}.json"
+
+
+def evaluate_job(wildcards):
+    """The job's slice of the validated config, as one JSON argument (suite_config.evaluate_job)."""
+    return shlex.quote(json.dumps(suite_config.evaluate_job(config, wildcards.task, wildcards.target)))
+
+
+def target_record_option(wildcards):
+    return "" if wildcards.target in ENDPOINT_TARGETS else f"--model-record results/models/{wildcards.target}.json"
 
 
 def prepare_arguments(wildcards):
@@ -87,31 +79,6 @@ def prepare_arguments(wildcards):
     if wildcards.model in config["hub_models"]:
         args += ["--spec", shlex.quote(json.dumps(config["hub_models"][wildcards.model]))]
     return " ".join(args)
-
-
-def target_model_record(wildcards):
-    """A local target's prepared-model record; endpoint targets have none."""
-    return [] if wildcards.target in ENDPOINT_TARGETS else f"results/models/{wildcards.target}.json"
-
-
-def evaluate_arguments(wildcards):
-    args = ["--cache-dir", shlex.quote(config["cache_dir"]), "--dtype", RUNTIME["dtype"], "--device", RUNTIME["device"],
-            "--batch-size", str(EVALUATION["batch_size"]), "--max-reasoning-tokens", str(TERMS["max_reasoning_tokens"]),
-            "--extractor", TERMS["extractor_by_model"].get(wildcards.target, TERMS["extractor"])]
-    endpoint = ENDPOINT_TARGETS.get(wildcards.target)
-    if endpoint is None:
-        args += ["--backend", EVALUATION["backend"], "--model-record", f"results/models/{wildcards.target}.json"]
-        if EVALUATION["backend"] == "vllm":
-            args += ["--vllm-options", shlex.quote(json.dumps(EVALUATION["vllm"]))]
-    else:
-        args += ["--backend", "endpoint", "--endpoint", shlex.quote(endpoint["base_url"]),
-                 "--endpoint-model", shlex.quote(endpoint["model"]), "--endpoint-timeout", str(endpoint.get("timeout_s", 300))]
-        for key in ("api_key_env", "eos_string"):
-            if endpoint.get(key):
-                args += [f"--endpoint-{key.replace('_', '-')}", shlex.quote(endpoint[key])]
-    if EVALUATION["limit"]:
-        args += ["--limit", str(EVALUATION["limit"])]
-    return " ".join(args + [data_root_option()])
 
 
 # One prompt file per task x task model x method x seed; its evaluation on every target beside it.

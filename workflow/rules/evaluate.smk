@@ -17,13 +17,15 @@ rule evaluate:
     benchmark:
         "logs/benchmark/evaluate/{task}/{target}.tsv"
     params:
-        arguments=evaluate_arguments,
+        job=evaluate_job,
+        model_record=target_record_option,
     threads: RUNTIME["threads"]
     resources:
         mem_mb=12000,
         runtime=600,
     conda:
-        "../envs/vllm.yaml" if EVALUATION["backend"] == "vllm" else "../envs/suite.yaml"
+        "../envs/vllm.yaml" if config["evaluation"]["backend"] == "vllm" else "../envs/suite.yaml"
     shell:
         "HF_HUB_OFFLINE=1 python -m suite_cli evaluate {wildcards.task} {wildcards.target} --prompt-files {input.prompts} "
-        "--split-file {input.split} --output-dir results/eval --outputs {output} --threads {threads} {params.arguments} > {log} 2>&1"
+        "--split-file {input.split} --output-dir results/eval --outputs {output} {params.model_record} --threads {threads} "
+        "--job {params.job} > {log} 2>&1"

@@ -8,7 +8,8 @@ rule optimize:
     benchmark:
         "logs/benchmark/optimize/{task}/{model}/{optimizer}/seed{seed}.tsv"
     params:
-        arguments=optimize_arguments,
+        job=optimize_job,
+        optimizer_model_record=optimizer_model_record,
     threads: RUNTIME["threads"]
     resources:
         mem_mb=8000,
@@ -17,4 +18,5 @@ rule optimize:
         "../envs/suite.yaml"
     shell:
         "HF_HUB_OFFLINE=1 python -m suite_cli optimize {wildcards.task} {wildcards.model} {wildcards.optimizer} "
-        "--output {output} --split-file {input.split} --threads {threads} {params.arguments} > {log} 2>&1"
+        "--seed {wildcards.seed} --output {output} --split-file {input.split} --model-record {input.model} "
+        "{params.optimizer_model_record} --threads {threads} --job {params.job} > {log} 2>&1"
