@@ -206,9 +206,10 @@ def test_endpoint_targets_are_evaluated_through_the_endpoint_backend(tmp_path):
     assert re.search(r"evaluate\s+2\b", result.output)  # the local model and the endpoint
     assert re.search(r"prepare_model\s+1\b", result.output)  # no local model for the endpoint label
     command = next(line for line in result.output.splitlines() if "evaluate navigate served-llama" in line)
-    for part in ("--backend endpoint", "--endpoint http://127.0.0.1:8000/v1", "--endpoint-model llama",
-                 "--endpoint-api-key-env MY_KEY", "--endpoint-eos-string '<|eot_id|>'"):
-        assert part in command
+    job = json.loads(shlex.split(command.split(" --job ", 1)[1])[0])
+    assert job["endpoint"] == {"base_url": "http://127.0.0.1:8000/v1", "model": "llama", "api_key_env": "MY_KEY",
+                               "eos_string": "<|eot_id|>", "timeout_s": 300}  # the schema's default timeout
+    assert "--model-record" not in command  # no local weights behind an endpoint label
 
 
 def test_endpoint_label_may_not_shadow_a_local_model(tmp_path):
