@@ -77,7 +77,8 @@ def _site_profile(tmp_path: Path) -> Path:
 def _config(tmp_path: Path) -> Path:
     config = {
         "tasks": ["navigate"], "models": ["smollm2-135m"], "cache_dir": str(tmp_path / ".cache"),
-        "terms": {"max_reasoning_tokens": 16, "n_dev": 4}, "budget": {"max_task_calls": 72},
+        # a budget for several GReaTer steps, so its job is still running when the test cancels it
+        "terms": {"max_reasoning_tokens": 16, "n_dev": 4}, "budget": {"max_task_calls": 120},
         "optimizers": {"zero_shot_cot": {}, "greater": {"n_train": 4, "steps": 1000, "final_candidates": 1}},
         "runtime": {"threads": 1, "batch_size": 16}, "evaluation": {"limit": 2, "batch_size": 4},
     }
@@ -126,7 +127,8 @@ def test_the_workflow_runs_on_slurm_through_the_profile(slurm, tmp_path):
             assert time.monotonic() < deadline, "greater wrote no checkpoint within 15 minutes"
             job = _running_greater_job(slurm)
             if job and (tmp_path / CHECKPOINT).exists():
-                subprocess.run(["scancel", job], env=slurm, check=True)
+                cancel = subprocess.run(["scancel", job], env=slurm, capture_output=True, text=True)
+                assert cancel.returncode == 0, f"scancel {job}: {cancel.stderr}"
                 cancelled = job
             time.sleep(0.5)
         assert run.wait(timeout=1200) == 0, (tmp_path / "snakemake.log").read_text()[-3000:]
