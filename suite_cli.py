@@ -67,8 +67,8 @@ def _prepare_model(args) -> None:
     print(json.dumps(record, indent=1))
 
 
-def _model_from_record(path: str):
-    """The spec and prepared weights a workflow job loads: what the prepare_model job recorded."""
+def _model_from_record(path: str, name: str):
+    """The spec and prepared weights a workflow job loads: what the prepare_model job recorded for ``name``."""
     from model_engine.registry import spec_from_record
     from model_engine.sources import prepared_from_record
     from suite_errors import SuiteError
@@ -79,6 +79,8 @@ def _model_from_record(path: str):
         raise SuiteError(f"cannot read the prepared-model record {path}: {error}") from None
     if not isinstance(record, dict) or "model" not in record:
         raise SuiteError(f"{path} is not a prepared-model record (prompt-suite prepare-model --output)")
+    if record["model"] != name:
+        raise SuiteError(f"{path} is the record of model {record['model']!r}, not {name!r}")
     return spec_from_record(record), prepared_from_record(record, path)
 
 
@@ -109,18 +111,13 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _load_job_model(name: str, record_path: str | None, load_model, runtime: dict):
+def _load_job_model(name: str, record_path: str | None, runtime: dict):
     """A model by name (prepared here), or from its prepared-model record (a workflow job), in its own
     dtype where its spec sets one."""
+    from model_engine.local import load_model
     from model_engine.registry import get_model_spec
-    from suite_errors import SuiteError
 
-    if record_path is None:
-        spec, prepared = get_model_spec(name), None
-    else:
-        spec, prepared = _model_from_record(record_path)
-        if spec.name != name:
-            raise SuiteError(f"{record_path} is the record of model {spec.name!r}, not {name!r}")
+    spec, prepared = _model_from_record(record_path, name) if record_path else (get_model_spec(name), None)
     return load_model(spec, **{**runtime, "dtype": spec.dtype or runtime["dtype"]}, prepared=prepared)
 
 
@@ -150,7 +147,6 @@ def _optimize(args) -> None:
     import suite_config
     import tasks
     from model_engine.cache import GenerationCache, generation_cache_path
-    from model_engine.local import load_model
     from optimizers.base import Budget, Checkpoint, get_optimizer, write_result
     from optimizers.contract import RunContext, Terms
     from suite_errors import SuiteError
@@ -170,7 +166,7 @@ def _optimize(args) -> None:
     _set_threads(args.threads)
     cache = GenerationCache(generation_cache_path(job["cache_dir"], args.task, args.model, args.optimizer, args.seed))
     runtime = {**job["runtime"], "cache_dir": job["cache_dir"], "generation_cache": cache}
-    model = _load_job_model(args.model, args.model_record, load_model, runtime)
+    model = _load_job_model(args.model, args.model_record, runtime)
     optimizer_model = None  # the task model writes its own prompts (self-optimization)
     if job["optimizer_endpoint"]:
         from model_engine.endpoint import EndpointModel
@@ -180,7 +176,7 @@ def _optimize(args) -> None:
                                         cache=cache, timeout_s=endpoint["timeout_s"])
         optimizer_model.check()  # fail now, not after hours of work
     elif job["optimizer_model"]:
-        optimizer_model = _load_job_model(job["optimizer_model"], args.optimizer_model_record, load_model, runtime)
+        optimizer_model = _load_job_model(job["optimizer_model"], args.optimizer_model_record, runtime)
     checkpoint = Checkpoint(args.checkpoint or f"{args.output}.checkpoint.json")
     context = RunContext(data=data, task_model=model, budget=budget, terms=terms, seed=args.seed,
                          checkpoint=checkpoint, optimizer_model=optimizer_model)
@@ -211,11 +207,7 @@ def _evaluate(args) -> None:
                              "does not match its path")
     evaluation, endpoint = job["evaluation"], job["endpoint"]
     backend = "endpoint" if endpoint else evaluation["backend"]
-    model = None
-    if args.model_record and not endpoint:
-        model = _model_from_record(args.model_record)
-        if model[0].name != args.target:
-            raise SuiteError(f"{args.model_record} is the record of model {model[0].name!r}, not {args.target!r}")
+    model = _model_from_record(args.model_record, args.target) if args.model_record and not endpoint else None
     _set_threads(args.threads)
     lm, description = build_lm(backend, args.target, job["cache_dir"], job["runtime"]["dtype"], job["runtime"]["device"],
                                evaluation["batch_size"], endpoint, model=model, vllm_options=evaluation.get("vllm"))

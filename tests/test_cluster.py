@@ -113,10 +113,9 @@ def test_a_model_the_config_adds_is_prepared_from_the_hub_cache_offline_and_jobs
     assert record["spec"] == {"name": "tiny", "hf_id": "test-org/tiny-chat", "chat": True, "revision": None,
                               "dtype": "bfloat16"}
 
-    from model_engine.local import load_model
     from suite_cli import _load_job_model
 
-    model = _load_job_model("tiny", str(record_path), load_model, {"dtype": "float32", "device": "cpu"})
+    model = _load_job_model("tiny", str(record_path), {"dtype": "float32", "device": "cpu"})
     assert model.spec.name == "tiny" and model.dtype == "bfloat16"  # the model's own dtype wins
     assert model.prepared.revision == commit
     from model_engine.backend import GenerationParams
