@@ -68,10 +68,13 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+_DESCRIBED = ("chat", "revision", "dtype")  # what a config entry or a record may set beyond name and hub id
+
+
 def spec_from_config(name: str, entry: dict) -> ModelSpec:
-    """A config's ``hub_models`` entry as a spec (the schema has checked the keys)."""
-    return ModelSpec(name, entry["hf_id"], chat=entry.get("chat", True), revision=entry.get("revision"),
-                     dtype=entry.get("dtype"))
+    """A config's ``hub_models`` entry as a spec (the schema has checked the keys; absent ones take
+    ModelSpec's defaults)."""
+    return ModelSpec(name, entry["hf_id"], **{key: entry[key] for key in _DESCRIBED if key in entry})
 
 
 def spec_from_record(record: dict) -> ModelSpec:
@@ -81,8 +84,7 @@ def spec_from_record(record: dict) -> ModelSpec:
     known = _MODELS.get(described["name"])
     if known is not None and known.describe() == {**known.describe(), **described}:
         return known
-    return ModelSpec(described["name"], described["hf_id"], chat=described.get("chat", True),
-                     revision=described.get("revision"), dtype=described.get("dtype"))
+    return spec_from_config(described["name"], described)
 
 
 def model_names() -> list[str]:
