@@ -14,10 +14,12 @@ EXTRA_STAMP := $(VENV)/.installed-extra-models
 .PHONY: run test smoke bench install slurm-install clean-venv
 
 run: $(EXTRA_STAMP)  ## the default config's DAG on the embedded offline models, and its HTML report
+	$(OFFLINE) $(BIN)/prompt-suite plan --configfile config/default.yaml
 	$(OFFLINE) $(BIN)/snakemake $(LOCAL) --configfile config/default.yaml
 	$(OFFLINE) $(BIN)/snakemake --report results/report.html --configfile config/default.yaml
 
 smoke: $(CORE_STAMP)  ## the smoke config's DAG and its HTML report (what CI runs)
+	$(OFFLINE) $(BIN)/prompt-suite plan --configfile config/smoke.yaml
 	$(OFFLINE) $(BIN)/snakemake $(LOCAL) --configfile config/smoke.yaml
 	$(OFFLINE) $(BIN)/snakemake --report results/report.html --configfile config/smoke.yaml
 

@@ -123,7 +123,8 @@ def _load_job_model(name: str, record_path: str | None, runtime: dict):
 
 _OPTIMIZE_JOB = ("options", "terms", "budget", "runtime", "optimizer_endpoint", "optimizer_model", "cache_dir",
                  "data_root")
-_EVALUATE_JOB = ("evaluation", "runtime", "max_reasoning_tokens", "extractor", "endpoint", "cache_dir", "data_root")
+_EVALUATE_JOB = ("evaluation", "runtime", "max_reasoning_tokens", "max_prompt_chars", "extractor", "endpoint", "cache_dir",
+                 "data_root")
 
 
 def _job(args, keys: tuple[str, ...], build) -> dict:
@@ -197,6 +198,10 @@ def _evaluate(args) -> None:
     job = _job(args, _EVALUATE_JOB, lambda: suite_config.evaluate_job(
         suite_config.job_from_configfile(args.configfile, args.task, [args.target]), args.task, args.target))
     records = {path: read_prompt_file(path) for path in args.prompt_files}  # bad files fail before the model loads
+    for path, record in records.items():
+        if len(record["prompt"]) > job["max_prompt_chars"]:
+            raise SuiteError(f"Prompt file {path}: its prompt has {len(record['prompt'])} characters, more than "
+                             f"terms.max_prompt_chars ({job['max_prompt_chars']})")
     if args.outputs:  # a workflow job writes exactly what its rule declares, checked before the model loads
         planned = {output_path(args.output_dir, record, args.target) for record in records.values()}
         declared = {Path(path).resolve() for path in args.outputs}
@@ -237,17 +242,12 @@ def _report(args) -> None:
 
 
 def _plan(args) -> None:
-    import yaml
-
-    from suite_errors import SuiteError
+    from suite_config import read_configfile
     from suite_plan import plan
 
-    try:
-        config = yaml.safe_load(Path(args.configfile).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise SuiteError(f"cannot read config {args.configfile}: {error}") from None
+    config = read_configfile(args.configfile)
     print(f"{args.configfile}:")
-    for line in plan(config or {}, cores=args.cores, benchmark_dir=args.benchmark_dir).lines():
+    for line in plan(config, cores=args.cores, benchmark_dir=args.benchmark_dir).lines():
         print(line)
 
 
@@ -259,7 +259,7 @@ def _manual_prompt(args) -> None:
     import tasks
     from model_engine.provenance import environment
     from optimizers.base import write_result
-    from optimizers.contract import BudgetRecord, PromptResult, Provenance, Stopped, TrajectoryStep
+    from optimizers.contract import BudgetRecord, PromptResult, Provenance, Stopped, Terms, TrajectoryStep
     from suite_errors import SuiteError
 
     task = tasks.get_task(args.task)
@@ -273,6 +273,10 @@ def _manual_prompt(args) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise SuiteError(f"{args.prompts} has no prompt for task {task.name!r} and no 'default' prompt")
     prompt = prompt.strip()
+    cap = args.max_prompt_chars or Terms.model_fields["max_prompt_chars"].default
+    if len(prompt) > cap:
+        raise SuiteError(f"{args.prompts}: the prompt for {task.name} has {len(prompt)} characters, more than "
+                         f"terms.max_prompt_chars ({cap})")
     record = PromptResult(
         optimizer="manual", task=task.name, model=args.model, prompt=prompt, initial_prompt=prompt,
         trajectory=[TrajectoryStep(step=0, prompt=prompt, task_calls=0, optimizer_calls=0)],
@@ -379,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     manual.add_argument("prompts", help="YAML: task name (or 'default') -> prompt")
     manual.add_argument("--seed", type=int, default=0, help="the replicate this file stands for (the prompt is fixed)")
     manual.add_argument("--output", required=True)
+    manual.add_argument("--max-prompt-chars", type=_positive_int, default=None,
+                        help="refuse a longer prompt (default: the terms' default; the workflow passes the config's)")
     manual.set_defaults(run=_manual_prompt)
     commands.add_parser("optimizers", help="list the registered optimizers and their options").set_defaults(
         run=_list_optimizers)
@@ -398,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except SuiteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path the user gave that cannot be read or written
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

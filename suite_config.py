@@ -159,6 +159,7 @@ def evaluate_job(config: dict, task: str, target: str) -> dict:
         "evaluation": config["evaluation"],
         "runtime": {key: config["runtime"][key] for key in ("dtype", "device")},
         "max_reasoning_tokens": terms["max_reasoning_tokens"],
+        "max_prompt_chars": terms["max_prompt_chars"],
         "extractor": terms["extractor_by_model"].get(target, terms["extractor"]),
         "endpoint": config["endpoint_targets"].get(target),  # None: a local model
         "cache_dir": config["cache_dir"],
@@ -166,17 +167,21 @@ def evaluate_job(config: dict, task: str, target: str) -> dict:
     }
 
 
+def read_configfile(path: str | Path) -> dict:
+    """A config file as a dict, not yet validated; YAML errors keep yaml's line and column."""
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config {path}: {error}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return config
+
+
 def job_from_configfile(path: str, task: str, models: list[str], optimizer: str | None = None) -> dict:
     """A minimal validated config for one job of the human CLI: the file's settings (or none), with
     this job's task, models and optimizer made part of it so that names are checked too."""
-    config = {}
-    if path:
-        try:
-            config = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"cannot read config {path}: {error}") from None
-        if not isinstance(config, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    config = read_configfile(path) if path else {}
     config["tasks"] = [task]
     given = [name for key in ("models", "transfer_targets", "endpoint_targets")
              if isinstance(config.get(key), (list, dict)) for name in config[key]]

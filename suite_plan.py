@@ -36,6 +36,7 @@ class Plan:
     test_generations: dict[str, int]  # per target: test rows x prompts x 2 passes (reasoning, answer)
     rates: Rates
     cores: int = 1
+    shortfalls: list[str] = field(default_factory=list)  # budgets too small for a step (budget_shortfalls)
 
     @property
     def estimate(self) -> tuple[float, list[str]] | None:
@@ -69,6 +70,7 @@ class Plan:
                 f"prompt files per task: {self.prompt_files_per_task} (identical prompts are evaluated once)",
                 "test generations (rows x prompts x 2 passes): " + ", ".join(
                     f"{n:,} on {target}" for target, n in self.test_generations.items())]
+        out += [f"warning: {line}" for line in self.shortfalls]
         estimate = self.estimate
         if estimate is None:
             out.append("estimated wall time: no measurements yet (logs/benchmark/ fills as jobs run on this machine)")
@@ -124,6 +126,37 @@ def _means(groups: dict[str, list[float]]) -> dict[str, float]:
     return {key: statistics.mean(values) for key, values in groups.items()}
 
 
+def budget_shortfalls(config: dict, allow_download: bool = True) -> list[str]:
+    """One line per optimizer and task whose task-call budget cannot guarantee a single step of the
+    method's own (``Optimizer.minimum_task_calls``, from its options and the dev reserve): such a run
+    would likely return the initial prompt. ``config`` validated. Without ``allow_download``, tasks
+    whose data is not on this machine yet are passed over (the workflow downloads it later)."""
+    from optimizers.base import get_optimizer
+    from suite_errors import DataError
+    from tasks.splits import load_task_data
+
+    lines = []
+    n_dev = config["terms"].get("n_dev")
+    for task in config["tasks"]:
+        budget = suite_config.budget_for(config, task).get("max_task_calls")
+        if budget is None:
+            continue
+        try:
+            data = load_task_data(task, config.get("data_root"), allow_download=allow_download)
+        except DataError:
+            if allow_download:
+                raise
+            continue
+        dev_rows = min(n_dev or len(data.dev), len(data.dev))
+        for name, options in config["optimizers"].items():
+            need = get_optimizer(name)(**options).minimum_task_calls(len(data.train), dev_rows)
+            if budget < need:
+                lines.append(f"{name} on {task}: max_task_calls {budget} is below the {need} task calls that guarantee "
+                             f"one step of its own (its options, and the final choice on {dev_rows} dev rows held "
+                             "back); the run may return the initial prompt having tried nothing")
+    return lines
+
+
 def plan(config: dict, cores: int = 1, benchmark_dir: str | Path = "logs/benchmark",
          results_dir: str | Path = "results") -> Plan:
     """``config`` as read from its YAML file; validated here."""
@@ -159,4 +192,5 @@ def plan(config: dict, cores: int = 1, benchmark_dir: str | Path = "logs/benchma
     prompt_files = (len(optimizers) + len(external)) * len(models) * len(seeds)
     generations = {target: 2 * sum(test_rows.values()) * prompt_files for target in targets}
     return Plan(jobs, task_calls, optimizer_calls, test_rows, prompt_files, generations,
-                measured_rates(benchmark_dir, results_dir), cores)
+                measured_rates(benchmark_dir, results_dir), cores,
+                budget_shortfalls(config, allow_download=config.get("allow_download", True)))

@@ -94,22 +94,28 @@ def load_results(eval_files, allow_missing: bool = False) -> Results:
             continue
         try:
             record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise SuiteError(f"Evaluation file {path} is not an evaluation record (a JSON object)")
             samples_path = path.parent / record["samples_file"]
             lines = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
-        except (OSError, KeyError, json.JSONDecodeError) as error:
+            key = (record["task"], record["optimizer"], record["source_model"], record["target_model"])
+            seed = record.get("seed", 0)
+            samples[(*key, seed)] = lines
+            rows.append({"task": record["task"], "family": get_task(record["task"]).family, "method": record["optimizer"],
+                         "source": record["source_model"], "target": record["target_model"], "seed": seed,
+                         "prompt": record["prompt"], "n": record["n"], "accuracy": record["accuracy"],
+                         "answer_step": record.get("answer_step", "generated"),
+                         "strict_accuracy": record.get("strict_accuracy"),
+                         "strict_parse_rate": record.get("strict_parse_rate"),
+                         "lenient_accuracy": record.get("lenient_accuracy"),
+                         "lenient_parse_rate": record.get("lenient_parse_rate"), "truncated": record.get("truncated")})
+            verdict_rows += [(*key, seed, s["id"], float(s["correct"])) for s in lines]
+        except SuiteError:  # an unknown task name is one (and a KeyError too)
+            raise
+        except KeyError as error:
+            raise SuiteError(f"Evaluation file {path} or its samples lack the field {error}") from None
+        except (OSError, json.JSONDecodeError) as error:
             raise SuiteError(f"Cannot read evaluation file {path} or its samples: {error}") from None
-        key = (record["task"], record["optimizer"], record["source_model"], record["target_model"])
-        seed = record.get("seed", 0)
-        samples[(*key, seed)] = lines
-        rows.append({"task": record["task"], "family": get_task(record["task"]).family, "method": record["optimizer"],
-                     "source": record["source_model"], "target": record["target_model"], "seed": seed,
-                     "prompt": record["prompt"], "n": record["n"], "accuracy": record["accuracy"],
-                     "answer_step": record.get("answer_step", "generated"),
-                     "strict_accuracy": record.get("strict_accuracy"),
-                     "strict_parse_rate": record.get("strict_parse_rate"),
-                     "lenient_accuracy": record.get("lenient_accuracy"),
-                     "lenient_parse_rate": record.get("lenient_parse_rate"), "truncated": record.get("truncated")})
-        verdict_rows += [(*key, seed, s["id"], float(s["correct"])) for s in lines]
     if not rows:
         raise SuiteError("No evaluation files to report on" + (f" ({len(missing)} expected, none exist)" if missing else ""))
     frame = pd.DataFrame(verdict_rows, columns=["task", "method", "source", "target", "seed", "id", "correct"])

@@ -94,6 +94,16 @@ class LocalModel(Backend):
         self.small_rows_linear = uses_small_rows_linear(model)
         self._lock = lock or threading.Lock()  # one generation at a time per loaded network
 
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens the network takes (its config's position limit; None where it states none)."""
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     # ---- prompts ---------------------------------------------------------------------
     def render(self, messages: Sequence[dict], assistant_prefix: str = "") -> str:
         """The text the model sees for a conversation, ready for the assistant's turn."""

@@ -42,6 +42,8 @@ class Engine(Protocol):
     #: rows per forward pass; calls, tokens and seconds spent (cache hits apart)
     batch_size: int
     meter: UsageMeter
+    #: the most tokens one input may take (None: not stated)
+    context_length: int | None
 
     # ---- text and tokens -----------------------------------------------------------------
     def render(self, messages: Sequence[dict], assistant_prefix: str = "") -> str: ...

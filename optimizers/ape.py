@@ -66,6 +66,12 @@ class APE(Optimizer):
     def schedule(self, run) -> int:
         return 3 + self.options.resample_rounds
 
+    def minimum_task_calls(self, n_train: int, n_dev: int) -> int:
+        # the initial prompt and one proposal screened, then both rescored on dev, the initial
+        # prompt's unscored dev rows held back at each stage
+        screen = min(self.options.screen_examples, n_dev)
+        return max(2 * screen + n_dev, 3 * n_dev - screen)
+
     def start(self, run) -> dict:
         return {"proposals": [run.initial_prompt], "screen": {}, "dev": {}, "rejected": 0}
 

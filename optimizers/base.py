@@ -206,6 +206,19 @@ class Optimizer:
         """How many final candidates may still need scoring on dev (the shared dev reserve)."""
         return 0
 
+    def dev_reserve(self, n_dev: int) -> int:
+        """The most task calls the shared final choice holds back: the candidate slots and the initial prompt."""
+        return (self.dev_candidates() + 1) * n_dev
+
+    def minimum_task_calls(self, n_train: int, n_dev: int) -> int:
+        """Task calls that guarantee one step scoring a prompt of the method's own, with the final
+        choice on ``n_dev`` dev rows held back (``n_train``: the train rows there are). With fewer,
+        the run may end on the initial prompt having tried nothing; the dry run warns. Fixed
+        prompts need none."""
+        if self.fixed:
+            return 0
+        raise NotImplementedError(f"{self.name} does not state the task calls its first step needs")
+
     def deviations(self, run: Run) -> list[str]:
         return self.options.deviations()
 

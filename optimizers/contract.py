@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RESULT_SCHEMA = Path(__file__).with_name("prompt_result.schema.json")
 
@@ -52,6 +52,17 @@ class Terms(BaseModel):
         "dollar", description="extractor variant after the reasoning (tasks.extractors): dollar, gemma2 or plain")
     extractor_by_model: dict[str, ExtractorVariant] = Field(
         default_factory=dict, description="model name -> extractor variant, for models that need another one")
+    max_prompt_chars: int = Field(
+        2000, ge=1, description="longest prompt any method may use, in characters: longer optimizer outputs are "
+                                "never run (they score 0 and cannot be chosen); longer initial or manual prompts "
+                                "are refused")
+
+    @model_validator(mode="after")
+    def _initial_prompt_fits(self) -> Terms:
+        if len(self.initial_prompt) > self.max_prompt_chars:
+            raise ValueError(f"initial_prompt has {len(self.initial_prompt)} characters, more than max_prompt_chars "
+                             f"({self.max_prompt_chars})")
+        return self
 
     def extractor_for(self, model: str) -> str:
         """The extractor variant the harness uses with ``model`` (for every method alike)."""

@@ -97,6 +97,9 @@ class GPO(Optimizer):
     def schedule(self, run) -> int:
         return self.options.epochs * steps_per_epoch(len(run.train), self.options.batch_size)
 
+    def minimum_task_calls(self, n_train: int, n_dev: int) -> int:
+        return n_dev + self.dev_reserve(n_dev)  # the initial prompt on dev, then one candidate
+
     def start(self, run) -> dict:
         state = {"path": [], "scores": {}, "rejected": 0}
         for prompt, evaluation in run.score_affordable([run.initial_prompt], run.dev, "dev"):

@@ -96,6 +96,10 @@ class Greater(Optimizer):
     def dev_candidates(self) -> int:
         return self.options.final_candidates
 
+    def minimum_task_calls(self, n_train: int, n_dev: int) -> int:
+        rows = min(self.options.n_train, n_train)  # the initial prompt's rollouts, then one step's candidates
+        return rows * (1 + self.options.candidates_per_step) + self.dev_reserve(n_dev)
+
     def prepare(self, run) -> None:
         from optimizers.greater_gradient import GradientSearch  # torch: only when a run starts
 

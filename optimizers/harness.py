@@ -43,6 +43,12 @@ class Evaluation:
     #: share of reasoning cut by the token limit
     truncated: float = 0.0
 
+    @classmethod
+    def not_run(cls, rows: int) -> Evaluation:
+        """A prompt that was never run (``Run.refusal``): every row wrong, nothing parsed."""
+        return cls(accuracy=0.0, correct=(False,) * rows, answers=(None,) * rows, parse_rate=0.0,
+                   reasoning=("",) * rows)
+
 
 class Harness:
     """Scores prompts on train/dev rows with the task model; the extractor variant is the model's."""
@@ -57,6 +63,21 @@ class Harness:
 
     def conversation(self, question: str, prompt: str) -> list[dict]:
         return [{"role": "user", "content": user_message(question, prompt)}]
+
+    def overflow(self, prompt: str, example) -> str | None:
+        """Why ``prompt`` with ``example`` cannot fit the task model's context, leaving room for the
+        reasoning, the extractor and the answer (None: it fits). Transformers would not cut the
+        input: positions past the model's limit give garbage, not an error."""
+        limit = self.model.context_length
+        if limit is None:
+            return None
+        length = len(self.model.encode(self.model.render(self.conversation(example.question, prompt))))
+        room = (self.reasoning_params.max_new_tokens + len(self.model.encode(" " + self.extractor.text))
+                + self.answer_params.max_new_tokens)
+        if length + room <= limit:
+            return None
+        return (f"with {self.task.name} row {example.id} takes {length} tokens, and with {room} more for the reasoning, "
+                f"extractor and answer exceeds {self.model.spec.name}'s context of {limit} tokens")
 
     def evaluate(self, prompt: str, examples) -> Evaluation:
         return self.evaluate_many([(prompt, examples)])[0]

@@ -68,6 +68,10 @@ class OPRO(Optimizer):
     def dev_candidates(self) -> int:
         return self.options.final_candidates
 
+    def minimum_task_calls(self, n_train: int, n_dev: int) -> int:
+        rows = min(self.options.n_train or n_train, n_train)  # the initial instruction, then one new one
+        return 2 * rows + self.dev_reserve(n_dev)
+
     def acceptable(self, run, prompt: str, known: set[str]) -> bool:
         if prompt in known or "INS" in prompt:
             return False

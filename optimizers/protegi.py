@@ -107,6 +107,15 @@ class ProTeGi(Optimizer):
     def dev_candidates(self) -> int:
         return self.options.beam_size
 
+    def minimum_task_calls(self, n_train: int, n_dev: int) -> int:
+        # the first round: the initial prompt's minibatch, then every bandit pull (a round cut short
+        # keeps the old beam); brute force scores the whole pool once
+        o = self.options
+        rounds, arms = (1, 1 + o.max_expansion) if o.selection == "brute_force" else (
+            o.bandit_rounds, min(o.arms_per_round, 1 + o.max_expansion))
+        return (min(o.minibatch, n_train) + rounds * arms * min(o.samples_per_pull, n_train)
+                + self.dev_reserve(n_dev))
+
     def start(self, run) -> dict:
         return {"beam": [run.initial_prompt], "means": {}, "rejected": 0}
 

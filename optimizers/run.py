@@ -64,6 +64,9 @@ class Run:
             self.optimizer_backend = context.optimizer_model if context.optimizer_model is not None else self.model
             self.llm = OptimizerLLM(self.optimizer_backend, self.budget, self.seed)
         self.scores: dict[tuple[str, str], Evaluation] = {}
+        self._refusals: dict[str, str | None] = {}
+        #: the row that makes a prompt's input longest (the context check's worst case)
+        self._longest_row = max(self.train + self.dev, key=lambda e: len(e.question), default=None)
         self.trajectory: list[TrajectoryStep] = []
         self.state: dict = {}  # the method's state (its hooks' JSON-able dict)
         self.stopped: Stopped | None = None
@@ -76,8 +79,25 @@ class Run:
         return self.terms.initial_prompt
 
     # ---- scoring through the shared harness ---------------------------------------------------
+    def refusal(self, prompt: str) -> str | None:
+        """Why ``prompt`` is never run (None: it may be): longer than ``terms.max_prompt_chars``, or too
+        long for the task model's context with the longest train or dev row. A refused prompt scores 0
+        on every row, costs nothing and is never chosen."""
+        if prompt not in self._refusals:
+            reason = None
+            if len(prompt) > self.terms.max_prompt_chars:
+                reason = f"it has {len(prompt)} characters, more than terms.max_prompt_chars ({self.terms.max_prompt_chars})"
+            elif self._longest_row is not None:
+                reason = self.harness.overflow(prompt, self._longest_row)
+            if reason is not None and prompt != self.initial_prompt:
+                log.warning("[%s] a prompt is not run: %s: %r", self.name, reason, prompt[:200])
+            self._refusals[prompt] = reason
+        return self._refusals[prompt]
+
     def cost(self, prompt, rows) -> int:
         """Task calls that scoring ``prompt`` on ``rows`` would charge (charged pairs are free)."""
+        if isinstance(prompt, str) and self.refusal(prompt):
+            return 0
         return len(self.budget.uncharged(prompt, [e.id for e in rows]))
 
     def reserve(self) -> int:
@@ -106,6 +126,9 @@ class Run:
     def score_pairs(self, requests: list[tuple[str, list]], split: str) -> list[Evaluation]:
         """(prompt, rows) pairs; the ones not scored before in one batched harness call."""
         keys = [(prompt, split + ":" + ",".join(e.id for e in rows)) for prompt, rows in requests]
+        for key, (prompt, rows) in zip(keys, requests):
+            if key not in self.scores and self.refusal(prompt):
+                self.scores[key] = Evaluation.not_run(len(rows))
         missing = {key: rows for key, (_, rows) in zip(keys, requests) if key not in self.scores}
         if missing:
             started = time.perf_counter()
@@ -143,6 +166,13 @@ class Run:
     def execute(self) -> PromptResult:
         if self.optimizer.fixed:
             return self._fixed_result()
+        refused = self.refusal(self.initial_prompt)
+        if refused:  # before any generation: no method could run
+            raise OptionError(f"The initial prompt {refused}; shorten it or lower terms.max_reasoning_tokens")
+        need = self.optimizer.minimum_task_calls(len(self.train), len(self.dev))
+        if self.budget.max_task_calls is not None and self.budget.max_task_calls < need:
+            log.warning("[%s] max_task_calls %d is below the %d task calls that guarantee one step of its own: the run "
+                        "may return the initial prompt having tried nothing", self.name, self.budget.max_task_calls, need)
         self.optimizer.prepare(self)
         state = self._resume()
         if state is None:
@@ -185,7 +215,7 @@ class Run:
         candidate (its dev scoring is reserved throughout the run).
         """
         started = time.perf_counter()
-        candidates = [p for p in dict.fromkeys(ranked) if p and p != self.initial_prompt]
+        candidates = [p for p in dict.fromkeys(ranked) if p and p != self.initial_prompt and not self.refusal(p)]
         initial_cost = self.cost(self.initial_prompt, self.dev)
         fitting = self.affordable(candidates, self.dev, reserve=initial_cost)
         if self.budget.can_afford(initial_cost + sum(self.cost(p, self.dev) for p in fitting)):

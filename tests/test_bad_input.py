@@ -191,3 +191,50 @@ def test_evaluation_counts_must_be_positive(tmp_path, setting, value):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"evaluation.{setting}: {value} is less than the minimum of 1" in result.stderr
+
+def _cli(argv) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "suite_cli", *argv], capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stderr
+
+
+def _files(tmp_path: Path) -> dict[str, str]:
+    from tests.conftest import optimize
+
+    record = optimize("zero_shot_cot")
+    record["prompt"] = "Think it over with care. " * 4
+    made = {"list.json": "[1, 2]\n", "no_fields.json": '{"samples_file": "s.jsonl"}\n', "s.jsonl": "",
+            "list.yaml": "- tasks\n", "broken.yaml": "tasks: [navigate\nmodels: [smollm2-135m]\n",
+            "blocker": "", "manual.yaml": "default: '" + "Think. " * 20 + "'\n",
+            "short_cap.yaml": "terms: {max_prompt_chars: 50}\n", "prompt.json": json.dumps(record)}
+    for name, text in made.items():
+        (tmp_path / name).write_text(text)
+    return {name: str(tmp_path / name) for name in made}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "--eval-files", "{list.json}"], "Evaluation file {list.json} is not an evaluation record"),
+    (["report", "--eval-files", "{no_fields.json}"], "Evaluation file {no_fields.json} or its samples lack the field 'task'"),
+    (["plan", "--configfile", "{list.yaml}"], "{list.yaml}: the top level must be a mapping of keys to values"),
+    (["plan", "--configfile", "{broken.yaml}"], "line 2, column 7"),
+    (["write-splits", "navigate", "{blocker}/navigate.json"], "'{blocker}'"),
+    (["manual-prompt", "navigate", "m", "{manual.yaml}", "--output", "{blocker}.json", "--max-prompt-chars", "100"],
+     "{manual.yaml}: the prompt for navigate has 139 characters, more than terms.max_prompt_chars (100)"),
+    (["evaluate", "navigate", "smollm2-135m", "--prompt-files", "{prompt.json}", "--configfile", "{short_cap.yaml}"],
+     "Prompt file {prompt.json}: its prompt has 100 characters, more than terms.max_prompt_chars (50)"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, argv, message):
+    """The sweep of user errors: one line naming the culprit, status 2, no traceback, no model loaded."""
+    files = _files(tmp_path)
+
+    def fill(text):
+        for name, path in files.items():
+            text = text.replace("{" + name + "}", path)
+        return text
+
+    code, err = _cli([fill(arg) for arg in argv])
+    assert code == 2
+    assert "error: " in err and "Traceback" not in err
+    assert fill(message) in err

@@ -5,12 +5,17 @@ import json
 import shlex
 
 import suite_config
+import suite_plan
+from snakemake.logging import logger
 from evaluation import report as report_tables
 from suite_errors import SuiteError
 
 
 try:
     suite_config.validate_config(config)
+    # Budgets too small for one step of a method's own: said in every run and dry run.
+    for shortfall in suite_plan.budget_shortfalls(config, allow_download=False):
+        logger.warning(f"warning: {shortfall}")
 except SuiteError as error:
     raise WorkflowError(f"config: {error}")
 

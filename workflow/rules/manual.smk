@@ -15,6 +15,8 @@ rule manual_prompts:
         "logs/manual_prompts/{task}/{model}/seed{seed}.log",
     benchmark:
         "logs/benchmark/manual_prompts/{task}/{model}/seed{seed}.tsv"
+    params:
+        max_prompt_chars=config["terms"]["max_prompt_chars"],
     resources:
         mem_mb=1000,
         runtime=5,
@@ -22,4 +24,4 @@ rule manual_prompts:
         "../envs/suite.yaml"
     shell:
         "python -m suite_cli manual-prompt {wildcards.task} {wildcards.model} {input.prompts} "
-        "--seed {wildcards.seed} --output {output} > {log} 2>&1"
+        "--seed {wildcards.seed} --max-prompt-chars {params.max_prompt_chars} --output {output} > {log} 2>&1"
