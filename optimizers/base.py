@@ -219,6 +219,15 @@ class Optimizer:
             return 0
         raise NotImplementedError(f"{self.name} does not state the task calls its first step needs")
 
+    def budget_shortfall(self, max_task_calls: int | None, n_train: int, n_dev: int) -> str | None:
+        """Why ``max_task_calls`` may buy the method nothing (below ``minimum_task_calls``); None if it suffices."""
+        need = self.minimum_task_calls(n_train, n_dev)
+        if max_task_calls is None or max_task_calls >= need:
+            return None
+        return (f"max_task_calls {max_task_calls} is below the {need} task calls that guarantee one step of its own "
+                f"(its options, and the final choice on {n_dev} dev rows held back); the run may return the initial "
+                "prompt having tried nothing")
+
     def deviations(self, run: Run) -> list[str]:
         return self.options.deviations()
 

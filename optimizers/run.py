@@ -169,10 +169,9 @@ class Run:
         refused = self.refusal(self.initial_prompt)
         if refused:  # before any generation: no method could run
             raise OptionError(f"The initial prompt {refused}; shorten it or lower terms.max_reasoning_tokens")
-        need = self.optimizer.minimum_task_calls(len(self.train), len(self.dev))
-        if self.budget.max_task_calls is not None and self.budget.max_task_calls < need:
-            log.warning("[%s] max_task_calls %d is below the %d task calls that guarantee one step of its own: the run "
-                        "may return the initial prompt having tried nothing", self.name, self.budget.max_task_calls, need)
+        shortfall = self.optimizer.budget_shortfall(self.budget.max_task_calls, len(self.train), len(self.dev))
+        if shortfall:
+            log.warning("[%s] %s", self.name, shortfall)
         self.optimizer.prepare(self)
         state = self._resume()
         if state is None:

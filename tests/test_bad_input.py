@@ -192,6 +192,7 @@ def test_evaluation_counts_must_be_positive(tmp_path, setting, value):
     assert result.returncode == 2
     assert f"evaluation.{setting}: {value} is less than the minimum of 1" in result.stderr
 
+
 def _cli(argv) -> tuple[int, str]:
     import subprocess
     import sys

@@ -75,7 +75,8 @@ def evaluate_job(wildcards):
 
 
 def target_record_option(wildcards):
-    return "" if wildcards.target in ENDPOINT_TARGETS else f"--model-record results/models/{wildcards.target}.json"
+    record = target_model_record(wildcards)
+    return f"--model-record {record}" if record else ""
 
 
 def prepare_arguments(wildcards):
