@@ -37,12 +37,19 @@ class Plan:
     rates: Rates
     cores: int = 1
     shortfalls: list[str] = field(default_factory=list)  # budgets too small for a step (budget_shortfalls)
+    threads_per_job: int = 1  # runtime.threads: what every optimize and evaluate job takes of the cores
+
+    @property
+    def parallel_jobs(self) -> int:
+        """Jobs Snakemake runs at once (it caps a job's threads at the cores it was given)."""
+        return max(1, self.cores // min(self.threads_per_job, self.cores))
 
     @property
     def estimate(self) -> tuple[float, list[str]] | None:
-        """(seconds on ``cores`` cores, parts without a measurement), or None before any measurement.
+        """(wall seconds on ``cores`` cores, parts without a measurement), or None before any measurement.
 
-        A model's rate is its own: models differ several-fold in cost, so a model never measured
+        The measured job times are each job's own, on its ``threads_per_job`` threads, so the sum is
+        divided by the jobs that run at once, not by the cores. A model's rate is its own: models differ several-fold in cost, so a model never measured
         here is left out of the sum and named (the estimate is then a lower bound)."""
         rates, seconds, unmeasured = self.rates, 0.0, []
         for model, calls in self.task_calls.items():
@@ -58,7 +65,7 @@ class Plan:
                 seconds += n * rates.seconds_per_job.get(rule, 0.0)
         if len(unmeasured) == len(self.task_calls) + len(self.test_generations):
             return None
-        return seconds / self.cores, unmeasured
+        return seconds / self.parallel_jobs, unmeasured
 
     def lines(self) -> list[str]:
         out = ["jobs by rule:"] + [f"  {rule:16s} {n:6d}" for rule, n in self.jobs.items()]
@@ -76,10 +83,21 @@ class Plan:
             out.append("estimated wall time: no measurements yet (logs/benchmark/ fills as jobs run on this machine)")
         else:
             seconds, unmeasured = estimate
-            out.append(f"estimated wall time on {self.cores} cores: {'at least ' if unmeasured else ''}{seconds / 60:.0f} "
+            out.append(f"estimated wall time on {self.cores} cores ({self.parallel_jobs} job(s) of {self.threads_per_job} "
+                       f"threads at a time): {'at least ' if unmeasured else ''}{seconds / 60:.0f} "
                        "min (budgets fully spent, at the seconds per task call and per test generation measured here "
                        "before)" + (f"; not measured here, so not counted: {', '.join(unmeasured)}" if unmeasured else ""))
         return out
+
+
+def _optimize_job_seconds(benchmark: float | None, result: dict) -> float | None:
+    """An optimize job's time: Snakemake's benchmark file holds only the last attempt of a job resumed
+    from its checkpoint, while the result's model time (restored with the budget) covers every attempt."""
+    usage = result.get("budget", {})
+    model_seconds = sum(usage.get(side, {}).get("seconds", 0.0) for side in ("task_model", "optimizer_model"))
+    if benchmark is None:
+        return None
+    return max(benchmark, model_seconds)
 
 
 def _benchmark_seconds(path: Path) -> float | None:
@@ -98,11 +116,12 @@ def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: st
     for path in benchmark_dir.glob("optimize/*/*/*/seed*.tsv"):
         task, model, optimizer = path.parts[-4:-1]
         result = results_dir / "prompts" / task / model / optimizer / f"{path.stem}.json"
-        seconds = _benchmark_seconds(path)
         try:
-            calls = json.loads(result.read_text())["budget"]["task_calls"]
-        except (OSError, KeyError, ValueError):
+            record = json.loads(result.read_text())
+            calls = record["budget"]["task_calls"]
+        except (OSError, KeyError, TypeError, ValueError):
             continue
+        seconds = _optimize_job_seconds(_benchmark_seconds(path), record)
         if seconds is not None and calls:
             per_call.setdefault(model, []).append(seconds / calls)
     per_generation: dict[str, list[float]] = {}
@@ -191,4 +210,5 @@ def plan(config: dict, cores: int = 1, benchmark_dir: str | Path = "logs/benchma
     generations = {target: 2 * sum(test_rows.values()) * prompt_files for target in targets}
     return Plan(jobs, task_calls, optimizer_calls, test_rows, prompt_files, generations,
                 measured_rates(benchmark_dir, results_dir), cores,
-                budget_shortfalls(config, allow_download=config.get("allow_download", True)))
+                budget_shortfalls(config, allow_download=config.get("allow_download", True)),
+                config["runtime"]["threads"])

@@ -50,13 +50,33 @@ def test_the_estimate_scales_measured_rates_to_the_planned_work(tmp_path):
         cell.write_text(json.dumps({"n": 10, "prompt": prompt}))
     (bench / "report").mkdir(parents=True)
     (bench / "report/report.tsv").write_text(tsv.format(3.0))
-    preview = plan(config, cores=2, benchmark_dir=bench, results_dir=results)
     # optimize: 2 s per task call x 100; evaluate: 40 s / (2 distinct prompts x 10 rows x 2 passes) = 1 s per
     # generation x (10 rows x 2 prompt files x 2 passes); report 3 s; no splits or models measured
+    work = 2.0 * 100 + 1.0 * 40 + 3.0
+    # every job takes runtime.threads (2 by default): on 2 cores they run one at a time, on 4 two at a time
+    preview = plan(config, cores=2, benchmark_dir=bench, results_dir=results)
     seconds, unmeasured = preview.estimate
-    assert unmeasured == []
-    assert seconds == (2.0 * 100 + 1.0 * 40 + 3.0) / 2
-    assert any("estimated wall time on 2 cores: 2 min" in line for line in preview.lines())
+    assert unmeasured == [] and seconds == work
+    assert any("estimated wall time on 2 cores (1 job(s) of 2 threads at a time): 4 min" in line
+               for line in preview.lines())
+    assert plan(config, cores=4, benchmark_dir=bench, results_dir=results).estimate[0] == work / 2
+    assert plan({**config, "runtime": {"threads": 8}}, cores=4, benchmark_dir=bench,
+                results_dir=results).estimate[0] == work
+
+
+def test_a_resumed_optimize_job_is_priced_by_all_its_attempts(tmp_path):
+    """Snakemake's benchmark file of a job resumed from its checkpoint holds only the last attempt;
+    the result's model time, restored with the budget, covers every attempt."""
+    config = {"tasks": ["navigate"], "models": ["smollm2-135m"], "optimizers": {"opro": {}},
+              "budget": {"max_task_calls": 100}, "evaluation": {"limit": 10}}
+    bench, results = tmp_path / "logs" / "benchmark", tmp_path / "results"
+    (bench / "optimize/navigate/smollm2-135m/opro").mkdir(parents=True)
+    (bench / "optimize/navigate/smollm2-135m/opro/seed0.tsv").write_text("s\th:m:s\n10.0\t0:00:10\n")
+    (results / "prompts/navigate/smollm2-135m/opro").mkdir(parents=True)
+    (results / "prompts/navigate/smollm2-135m/opro/seed0.json").write_text(json.dumps({"budget": {
+        "task_calls": 20, "task_model": {"seconds": 70.0}, "optimizer_model": {"seconds": 10.0}}}))
+    rates = plan(config, benchmark_dir=bench, results_dir=results).rates
+    assert rates.seconds_per_task_call == {"smollm2-135m": 80.0 / 20}
 
 
 def test_a_model_never_measured_here_is_named_not_priced_at_another_models_rate(tmp_path):
@@ -77,7 +97,7 @@ def test_a_model_never_measured_here_is_named_not_priced_at_another_models_rate(
     seconds, unmeasured = preview.estimate
     assert unmeasured == ["optimize on qwen2.5-coder-0.5b", "evaluate on qwen2.5-coder-0.5b"]
     assert seconds == 2.0 * preview.test_generations["smollm2-135m"]  # 40 s / (10 rows x 2 passes) each
-    assert any(line.startswith("estimated wall time on 1 cores: at least") and
+    assert any(line.startswith("estimated wall time on 1 cores (1 job(s) of 2 threads at a time): at least") and
                "not counted: optimize on qwen2.5-coder-0.5b" in line for line in preview.lines())
 
 
