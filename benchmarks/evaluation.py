@@ -5,11 +5,13 @@ reasoning, then the answer after the extractor), each in a fresh process of its 
 evaluate job runs, with no response cache. Printed per backend: questions per second,
 wall seconds, peak resident memory of the process (an evaluate job requests 12 GB), and how
 many parsed answers differ from the suite engine's fp32 answers (``hf`` fp32 should
-differ in none; ``suite`` bf16 shows what bf16 changes).
+differ in none; ``suite`` bf16 shows what bf16 changes). ``suite:float32:separate`` is the
+suite's model with its answer pass run as lm-eval sends it (``answer_with_reasoning=False``)
+instead of read during the reasoning.
 
 Writes results/benchmarks/evaluation.json.
     python -m benchmarks.evaluation [--model smollm2-135m] [--task navigate] [--rows 32] [--tokens 128]
-        [--backends suite:float32 suite:bfloat16 hf:float32]
+        [--backends suite:float32 suite:float32:separate suite:bfloat16 hf:float32]
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ PROMPTS = ["Let's think step by step.", "Read each step, keep count, then answer
 HF_BATCH_SIZE = 32
 
 
-def run_one(backend: str, dtype: str, model: str, task_name: str, rows: int, tokens: int, batch_size: int, threads: int) -> dict:
+def run_one(backend: str, dtype: str, model: str, task_name: str, rows: int, tokens: int, batch_size: int, threads: int,
+            separate_answer_pass: bool = False) -> dict:
     """One backend in this process: seconds, peak memory, and every parsed answer."""
     import torch
 
@@ -47,6 +50,8 @@ def run_one(backend: str, dtype: str, model: str, task_name: str, rows: int, tok
     task = tasks.get_task(task_name)
     examples = load_test_examples(task)[:rows]
     lm, description = build_lm(backend, model, dtype=dtype, batch_size=batch_size)
+    if separate_answer_pass:
+        lm.answer_with_reasoning = False
     cells = [PromptCell(f"prompt{i}", prompt) for i, prompt in enumerate(PROMPTS)]
     with tempfile.TemporaryDirectory() as workdir:
         started = time.perf_counter()
@@ -54,7 +59,8 @@ def run_one(backend: str, dtype: str, model: str, task_name: str, rows: int, tok
                                  chat=description["chat"], likelihood=True)
         seconds = time.perf_counter() - started
     answers = {name: [s["answer"] for s in result["samples"]] for name, result in results.items()}
-    return {"backend": backend, "dtype": dtype, "batch_size": batch_size, "seconds": seconds,
+    return {"backend": backend + (" (separate answer pass)" if separate_answer_pass else ""), "dtype": dtype,
+            "batch_size": batch_size, "seconds": seconds,
             "questions": rows * len(cells), "questions_per_s": rows * len(cells) / seconds,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "accuracy": {name: result["accuracy"] for name, result in results.items()}, "answers": answers}
@@ -67,15 +73,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=32, help="test rows per prompt")
     parser.add_argument("--tokens", type=int, default=128, help="reasoning limit")
     parser.add_argument("--batch-size", type=int, default=64, help="the suite backend's batch size")
-    parser.add_argument("--backends", nargs="+", default=["suite:float32", "suite:bfloat16", "hf:float32"])
+    parser.add_argument("--backends", nargs="+",
+                        default=["suite:float32", "suite:float32:separate", "suite:bfloat16", "hf:float32"])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one backend, print JSON
     args = parser.parse_args()
     if args.one:
-        backend, dtype = args.one.split(":")
+        backend, dtype, *variant = args.one.split(":")
         batch = HF_BATCH_SIZE if backend == "hf" else args.batch_size
-        print(json.dumps(run_one(backend, dtype, args.model, args.task, args.rows, args.tokens, batch, args.threads)))
+        print(json.dumps(run_one(backend, dtype, args.model, args.task, args.rows, args.tokens, batch, args.threads,
+                                 separate_answer_pass=variant == ["separate"])))
         return
 
     runs = []
@@ -90,14 +98,14 @@ def main() -> None:
     reference = next((r for r in runs if r["backend"] == "suite" and r["dtype"] == "float32"), runs[0])
     print(f"{args.model} on {args.task}: {args.rows} test rows x {len(PROMPTS)} prompts, reasoning limit {args.tokens}, "
           f"{args.threads} threads")
-    print(f"{'backend':10} {'dtype':9} {'batch':>5} {'seconds':>8} {'q/s':>6} {'vs hf':>6} {'peak GB':>7} "
+    print(f"{'backend':34} {'dtype':9} {'batch':>5} {'seconds':>8} {'q/s':>6} {'vs hf':>6} {'peak GB':>7} "
           f"{'answers changed':>15}")
     hf = next((r for r in runs if r["backend"] == "hf"), None)
     for run in runs:
         changed = sum(a != b for name in run["answers"] for a, b in zip(run["answers"][name], reference["answers"][name]))
         run["answers_changed_vs_suite_fp32"] = changed
         run["speedup_vs_hf"] = run["questions_per_s"] / hf["questions_per_s"] if hf else None
-        print(f"{run['backend']:10} {run['dtype']:9} {run['batch_size']:5d} {run['seconds']:8.1f} "
+        print(f"{run['backend']:34} {run['dtype']:9} {run['batch_size']:5d} {run['seconds']:8.1f} "
               f"{run['questions_per_s']:6.2f} {run['speedup_vs_hf'] or 0:5.2f}x {run['peak_rss_gb']:7.2f} "
               f"{changed:>7d} of {run['questions']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,11 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
             return message, assistant_prefix or None
         return plain_context(message, assistant_prefix), None
 
+    answer_fields = _generation_fields(ANSWER_TOKENS, ["\n"], {"strict": "answer_strict", "lenient": "answer_after_extractor"})
+    if likelihood and hasattr(lm, "expect_answer_pass"):  # the suite's model reads each answer with its reasoning
+        lm.expect_answer_pass(_answer_contexts(lm, examples, cells, extractor, context, chat),
+                              answer_fields["generation_kwargs"], keep_logprobs=bool(choices))
+
     # Pass 1: reasoning.
     reasoning_tasks, configs = {}, {}
     for cell in cells:
@@ -176,12 +181,13 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
         documents = _write_jsonl(workdir / cell.name / "answer.jsonl", rows)
         prefix = "gen_prefix" if chat else None
         name = answer_tasks[cell.name] = f"suite_answer_{_safe(task.name)}_{_safe(cell.name)}"
-        configs[name] = _task_yaml(name, documents, gen_prefix=prefix, **_generation_fields(
-            ANSWER_TOKENS, ["\n"], {"strict": "answer_strict", "lenient": "answer_after_extractor"}))
+        configs[name] = _task_yaml(name, documents, gen_prefix=prefix, **answer_fields)
         if choices:
             name = choice_tasks[cell.name] = f"suite_choice_{_safe(task.name)}_{_safe(cell.name)}"
             configs[name] = _task_yaml(name, documents, "multiple_choice", gen_prefix=prefix, **_choice_fields())
     second = run(configs)
+    if likelihood and hasattr(lm, "expect_answer_pass"):
+        lm.expect_answer_pass(None)
 
     results = {}
     for cell in cells:
@@ -227,6 +233,28 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
             "samples": per_sample,
         }
     return results
+
+
+def _answer_contexts(lm, examples, cells: list[PromptCell], extractor: Extractor, context, chat: bool):
+    """(reasoning context, reasoning) -> the answer context lm-eval will send for it, rendered as lm-eval renders
+    both passes (a user turn, continued through ``gen_prefix``; or the plain layout); None for other contexts."""
+    def rendered(text: str, gen_prefix: str | None = None) -> str:
+        if not chat:
+            return text
+        turns = [{"role": "user", "content": text}] + ([{"role": "assistant", "content": gen_prefix}] if gen_prefix else [])
+        return lm.apply_chat_template(turns, add_generation_prompt=gen_prefix is None)
+
+    message_of = {}
+    for cell in cells:
+        for e in examples:
+            message = user_message(e.question, cell.prompt)
+            message_of[rendered(context(message)[0])] = message
+
+    def answer_context(reasoning_context: str, reasoning: str) -> str | None:
+        message = message_of.get(reasoning_context)
+        return None if message is None else rendered(*context(message, answer_prefix(reasoning, extractor.text)))
+
+    return answer_context
 
 
 def _truncated(reasoning: list[str], tokenizer, limit: int) -> float | None:

@@ -8,6 +8,13 @@ continuation. Requests are run in chunks sorted by length, and every chunk's res
 to lm-eval's response cache as soon as they exist (``CacheHook.add_partial``), so an
 interrupted job resumes where it stopped.
 
+The answer pass costs almost nothing when the evaluator announces it
+(``expect_answer_pass``): while a row's reasoning is generated, the engine goes on
+into the very context lm-eval's answer pass will send (the same text, encoded the same
+way) and reads the answer there, reusing the row's key/value states; the answer pass's
+requests with exactly those token ids and settings are then served from memory (and
+their one-token choices from the answer's first step). Any other request runs as usual.
+
 From lm-eval's own command line: ``lm_eval --model suite --model_args
 pretrained=smollm2-135m,dtype=float32 ...`` (``import evaluation.suite_lm`` first
 registers it); the evaluate job hands it the already loaded engine.
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -41,11 +49,11 @@ class SuiteLM(TemplateLM):
 
     def __init__(self, engine=None, pretrained: str | None = None, dtype: str = "float32", device: str = "cpu",
                  batch_size: int | str = "auto", cache_dir: str | None = None, max_batch_size: int | None = None,
-                 **unused):
+                 answer_with_reasoning: bool = True, **unused):
         super().__init__()
         if unused:
             raise SuiteError(f"suite model: unknown argument(s) {', '.join(sorted(unused))}; it takes pretrained, "
-                             "dtype, device, batch_size, max_batch_size, cache_dir")
+                             "dtype, device, batch_size, max_batch_size, cache_dir, answer_with_reasoning")
         if engine is None:
             if not pretrained:
                 raise SuiteError("suite model: give pretrained=<registered model name>")
@@ -60,7 +68,25 @@ class SuiteLM(TemplateLM):
         #: context ids -> next-token log-probabilities from the last generate_until call: lm-eval's answer pass
         #: asks for the one-token choices after the very contexts it just generated from, which these answer free
         self._next_logprobs: dict[tuple[int, ...], object] = {}
+        #: whether an announced answer pass is read during the reasoning (off: every request runs as sent)
+        self.answer_with_reasoning = str(answer_with_reasoning).lower() not in ("false", "0", "no")
+        #: answer-pass requests served from what was read during the reasoning, over this model's life
+        self.answers_served = 0
+        #: announced by ``expect_answer_pass``: (reasoning context, reasoning) -> answer context, and its settings
+        self._answer_plan: tuple[Callable[[str, str], str | None], GenerationParams, bool] | None = None
+        #: (answer context ids, settings) -> (answer, its first-step log-probabilities), read during the reasoning
+        self._answers: dict[tuple[tuple[int, ...], GenerationParams], tuple[str, object]] = {}
         self.max_length = resolve_max_length(engine.model.config, engine.tokenizer)  # as lm-eval's hf
+
+    def expect_answer_pass(self, answer_context: Callable[[str, str], str | None] | None, gen_kwargs: dict | None = None,
+                           keep_logprobs: bool = False) -> None:
+        """Announce the answer pass: ``answer_context(context, reasoning)`` is the context lm-eval will send
+        for the answer after a reasoning request's ``context`` came out as ``reasoning`` (None: none), and
+        ``gen_kwargs`` its generation settings; ``keep_logprobs`` when one-token choices will be scored there.
+        ``answer_context=None``: no answer pass is expected any more (what was kept is dropped)."""
+        self._answer_plan = None if answer_context is None or not self.answer_with_reasoning else (
+            answer_context, self._params(gen_kwargs or {}), keep_logprobs)
+        self._answers = {}
 
     # ---- what lm-eval asks of a model ------------------------------------------------
     @property
@@ -138,10 +164,20 @@ class SuiteLM(TemplateLM):
         results: list[str | None] = [None] * len(requests)
         self._next_logprobs = {}
         for params, members in groups.items():
-            order = sorted(members, key=lambda i: len(encoded[i]), reverse=True)
+            served = [i for i in members if (tuple(encoded[i]), params) in self._answers]
+            for i in served:  # answers read while their reasoning was generated
+                results[i], logprobs = self._answers.pop((tuple(encoded[i]), params))
+                if logprobs is not None:
+                    self._next_logprobs[tuple(encoded[i])] = logprobs
+                self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
+            self.answers_served += len(served)
+            if served:
+                log.info("generate_until: %d/%d requests read during the reasoning pass", len(served), len(members))
+            order = sorted((i for i in members if results[i] is None), key=lambda i: len(encoded[i]), reverse=True)
             progress = _Progress("generate_until", len(order))
             for chunk in _chunks(order, self.engine.batch_size * _CHUNK_BATCHES):
-                completions, next_logprobs = self.engine.complete_ids_with_next_logprobs([encoded[i] for i in chunk], params)
+                completions, next_logprobs = self._generate([requests[i].args[0] for i in chunk],
+                                                            [encoded[i] for i in chunk], params)
                 for i, completion, logprobs in zip(chunk, completions, next_logprobs, strict=True):
                     results[i] = completion.text
                     if logprobs is not None:
@@ -149,6 +185,26 @@ class SuiteLM(TemplateLM):
                     self.cache_hook.add_partial("generate_until", requests[i].args, completion.text)
                 progress.advance(len(chunk), sum(c.completion_tokens for c in completions))
         return results  # type: ignore[return-value]
+
+    def _generate(self, contexts: list[str], encoded: list[list[int]], params: GenerationParams):
+        """The engine's completions and next-token log-probabilities; with an announced answer pass, each
+        row's answer is read right after its reasoning and kept for that pass."""
+        if self._answer_plan is None:
+            return self.engine.complete_ids_with_next_logprobs(encoded, params)
+        answer_context, answer_params, keep_logprobs = self._answer_plan
+        context_of = {tuple(ids): context for ids, context in zip(encoded, contexts)}
+
+        def answer_ids(ids: list[int], reasoning: str) -> list[int] | None:
+            text = answer_context(context_of[tuple(ids)], reasoning)
+            return self.engine.encode(text) if text is not None else None
+
+        completions, next_logprobs, answers = self.engine.complete_ids_and_answers(
+            encoded, params, answer_ids, answer_params, keep_logprobs)
+        for answered in answers:
+            if answered is not None:
+                self._answers[(tuple(answered.context), answer_params)] = (answered.completion.text,
+                                                                          answered.next_logprobs)
+        return completions, next_logprobs
 
     # ---- checks ----------------------------------------------------------------------
     def _params(self, gen_kwargs: dict) -> GenerationParams:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,7 +24,7 @@ from transformers import DynamicCache
 
 from model_engine.backend import Backend, Completion, GenerationParams, as_messages, cut_at_stop
 from model_engine.cache import GenerationCache
-from model_engine.kv_cache import preallocated_cache
+from model_engine.kv_cache import full_attention_only, preallocated_cache
 from model_engine.registry import ModelSpec, get_model_spec
 from model_engine.sources import PreparedModel, prepare
 from model_engine.usage import UsageMeter
@@ -45,6 +45,29 @@ class _Followup:
     params: GenerationParams
     #: one-token choices scored at the answer's first position (``chat_and_answer``)
     choice_tokens: list[int] | None = None
+    #: instead of the fixed tokens above: the ids of the whole context the answer follows, from the row
+    #: (its index in the batch) and its reasoning text, or None for no answer (``complete_ids_and_answers``)
+    context_of: Callable[[int, str], list[int] | None] | None = None
+    #: with ``context_of``: keep the log-probabilities of the answer's first token over the whole vocabulary
+    keep_logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An answer read right after a row's reasoning (``LocalModel.complete_ids_and_answers``)."""
+
+    context: list[int]  # the whole context the answer follows
+    completion: Completion  # its prompt_tokens count the tokens computed for it past the reused states
+    next_logprobs: torch.Tensor | None  # of the answer's first token, over the vocabulary (with keep_logprobs)
+
+
+@dataclass(frozen=True)
+class _Captured:
+    """A finished row's states kept for its answer (``LocalModel._capture``)."""
+
+    kept: list[int]  # the answer context's tokens whose states the row already has
+    rest: list[int]  # the answer context's tokens still to compute
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values of ``kept``
 
 
 @dataclass(frozen=True)
@@ -144,6 +167,48 @@ class LocalModel(Backend):
 
         completions = self._cached("ids", [list(ids) for ids in sequences], params, generate)
         return completions, [found.get(tuple(ids)) for ids in sequences]
+
+    def complete_ids_and_answers(self, sequences: Sequence[Sequence[int]], params: GenerationParams,
+                                 answer_context: Callable[[list[int], str], list[int] | None],
+                                 answer_params: GenerationParams, keep_logprobs: bool = False,
+                                 ) -> tuple[list[Completion], list[torch.Tensor | None], list[Answered | None]]:
+        """``complete_ids_with_next_logprobs``, and an answer read right after each row's reasoning.
+
+        ``answer_context(ids, text)`` gives the whole context (ids) an answer follows, for the
+        sequence ``ids`` whose reasoning came out as ``text`` (None: no answer). When a row's
+        reasoning ends, its key/value states are kept as far as they agree with that context
+        (a re-tokenized reasoning may split differently where it ends); once the batch's
+        reasoning is done, the rest of every row's context is computed in one pass over the
+        kept states and the answers are decoded greedily. An answer is what continuing that
+        very context gives, without computing the question and reasoning again. Answers come
+        only for generated rows (None for generation-cache hits) and only for models whose
+        cache layers are all full attention (others: None, and the caller runs the context).
+        """
+        if not answer_params.greedy:
+            raise ValueError("answers are decoded greedily; answer_params must have temperature 0")
+        if not full_attention_only(self.model):
+            completions, next_logprobs = self.complete_ids_with_next_logprobs(sequences, params)
+            return completions, next_logprobs, [None] * len(completions)
+        found: dict[tuple[int, ...], tuple[torch.Tensor | None, Answered | None]] = {}
+
+        def generate(missing: list[list[int]], params: GenerationParams) -> list[Completion]:
+            first: dict[int, torch.Tensor] = {}
+            contexts: dict[int, list[int]] = {}
+            followup = _Followup([], [], answer_params, keep_logprobs=keep_logprobs,
+                                 context_of=lambda i, text: contexts.setdefault(i, answer_context(missing[i], text)))
+            answer_logprobs: dict[int, torch.Tensor] = {}
+            done = self._generate_rows([(None, ids) for ids in missing], params, None, followup, next_logprobs=first,
+                                       answer_logprobs=answer_logprobs)
+            for i, (ids, completion) in enumerate(zip(missing, done)):
+                answered = None
+                if completion.answer is not None and contexts.get(i) is not None:
+                    answered = Answered(contexts[i], completion.answer, answer_logprobs.get(i))
+                found[tuple(ids)] = (first.get(i), answered)
+            return [replace(c, answer=None) for c in done]
+
+        completions = self._cached("ids", [list(ids) for ids in sequences], params, generate)
+        served = [found.get(tuple(ids), (None, None)) for ids in sequences]
+        return completions, [logprobs for logprobs, _ in served], [answered for _, answered in served]
 
     def chat_and_answer(self, conversations: Sequence, params: GenerationParams, extractor: str,
                         answer_params: GenerationParams, separator: str = " ",
@@ -315,9 +380,11 @@ class LocalModel(Backend):
 
     def _generate_rows(self, rows: list[tuple[int | None, list[int]]], params: GenerationParams,
                        prefix_cache, followup: _Followup | None = None,
-                       next_logprobs: dict[int, torch.Tensor] | None = None) -> list[Completion]:
+                       next_logprobs: dict[int, torch.Tensor] | None = None,
+                       answer_logprobs: dict[int, torch.Tensor] | None = None) -> list[Completion]:
         """Length-sorted batches of (prefix index or None, token ids) rows; with ``next_logprobs``, each row's
-        first-step log-probabilities are stored there under its index."""
+        first-step log-probabilities are stored there under its index (``answer_logprobs``: its answer's, with
+        a followup that keeps them)."""
         lengths = [(len(prefix_cache.prefixes[i]) if prefix_cache is not None else 0) + len(ids) for i, ids in rows]
         order = sorted(range(len(rows)), key=lambda i: lengths[i], reverse=True)
         results: list[Completion | None] = [None] * len(rows)
@@ -330,11 +397,18 @@ class LocalModel(Backend):
                 else:
                     first = self._prefixed_inputs(prefix_cache, batch)
                 first_step = [] if next_logprobs is not None else None
-                decoded = self._decode(*first, [lengths[i] for i in chunk], params, followup, first_step)
+                batch_followup, contexts, answered = followup, None, {}
+                if followup is not None and followup.context_of is not None:
+                    contexts = [(prefix_cache.prefixes[i] if prefix_cache is not None else []) + list(ids) for i, ids in batch]
+                    batch_followup = replace(followup, context_of=lambda b, text, chunk=chunk: followup.context_of(chunk[b], text))
+                decoded = self._decode(*first, [lengths[i] for i in chunk], params, batch_followup, first_step,
+                                       contexts, answered)
                 for b, (index, completion) in enumerate(zip(chunk, decoded)):
                     results[index] = completion
                     if first_step:
                         next_logprobs[index] = first_step[0][b]
+                    if answer_logprobs is not None and b in answered:
+                        answer_logprobs[index] = answered[b]
         return results  # type: ignore[return-value]
 
     def left_pad(self, sequences: list[list[int]]):
@@ -361,7 +435,8 @@ class LocalModel(Backend):
 
     def _decode(self, step_input, attention, positions, cache, prompt_lengths: list[int],
                 params: GenerationParams, followup: _Followup | None = None,
-                first_step: list | None = None) -> list[Completion]:
+                first_step: list | None = None, contexts: list[list[int]] | None = None,
+                answer_logprobs: dict[int, torch.Tensor] | None = None) -> list[Completion]:
         """Decode one batch with a KV cache, dropping rows from it as they finish.
 
         Dropping finished rows (instead of padding them to the longest output, as
@@ -389,6 +464,7 @@ class LocalModel(Backend):
         answers: dict[int, list[int]] = {}  # rows writing their answer
         answer_eos: set[int] = set()
         choice_logprobs: dict[int, tuple[float, ...]] = {}
+        captured: dict[int, _Captured | None] = {}  # rows whose answer context follows (``followup.context_of``)
         while True:
             logits = self.model(
                 input_ids=step_input,
@@ -436,6 +512,11 @@ class LocalModel(Backend):
                     at_stop = bool(params.stop) and self._hits_stop(outputs[row], params.stop)
                     if len(outputs[row]) < params.max_new_tokens and not at_stop:
                         continue  # feed[live] is the token just generated
+                if followup is not None and followup.context_of is not None:
+                    captured[row] = self._capture(followup, row, live, contexts[row], outputs[row], at_eos,
+                                                  prompt_lengths[row], params.stop, cache, width)
+                    finished.append(live)
+                    continue
                 if followup is None or at_stop:  # after a stop string, chat_and_answer answers in a second pass
                     finished.append(live)
                     continue
@@ -460,14 +541,61 @@ class LocalModel(Backend):
             attention = mask[:, :width]
             positions = positions[:, -1:] + 1
             step_input = next_tokens[:, None]
+        if captured:
+            answers = self._answer_captured(captured, followup, answer_logprobs)
         completions = []
         for row, (prompt_length, new_tokens, at_eos) in enumerate(zip(prompt_lengths, outputs, ended_by_eos)):
             completion = self._completion(new_tokens, prompt_length, at_eos, params.stop)
+            if captured:
+                completions.append(replace(completion, answer=answers.get(row)))
+                continue
             if followup is not None and row in answers:
                 answer = self._completion(answers[row], fed.get(row, 0), row in answer_eos, followup.params.stop)
                 completion = replace(completion, answer=replace(answer, choice_logprobs=choice_logprobs.get(row)))
             completions.append(completion)
         return completions
+
+    def _capture(self, followup: _Followup, row: int, live: int, context: list[int], outputs: list[int], at_eos: bool,
+                 prompt_length: int, stop: tuple[str, ...], cache, width: int) -> _Captured | None:
+        """A finished row's key/value states, as far as they agree with the context its answer follows
+        (``followup.context_of``; None: no answer), and the tokens of that context still to compute."""
+        text = self._completion(outputs, prompt_length, at_eos, stop).text
+        target = followup.context_of(row, text)
+        if not target:
+            return None
+        in_cache = context + (outputs if at_eos else outputs[:-1])  # the last token picked is not fed yet
+        agree = 0
+        for have, want in zip(in_cache, target):
+            if have != want:
+                break
+            agree += 1
+        agree = min(agree, len(target) - 1)  # at least one token to compute: its prediction is the answer's first
+        if agree == 0:
+            return None
+        start = width - len(in_cache)  # the row's first column: every live row has filled the same columns
+        layers = [(layer.keys[live, :, start:start + agree].clone(), layer.values[live, :, start:start + agree].clone())
+                  for layer in cache.layers]
+        return _Captured(target[:agree], target[agree:], layers)
+
+    def _answer_captured(self, captured: dict[int, _Captured | None], followup: _Followup,
+                         answer_logprobs: dict[int, torch.Tensor] | None) -> dict[int, Completion]:
+        """The answers of the captured rows, in one batch: their kept states, then the rest of each answer
+        context computed in one pass, then the answer decoded greedily."""
+        from model_engine.prefix_cache import PrefixCache
+
+        rows = [row for row, state in captured.items() if state is not None]
+        if not rows:
+            return {}
+        states = PrefixCache(self, [captured[r].kept for r in rows], layers=[captured[r].layers for r in rows])
+        first_step: list = []
+        done = self._decode(*self._prefixed_inputs(states, [(k, captured[r].rest) for k, r in enumerate(rows)]),
+                            [len(captured[r].kept) + len(captured[r].rest) for r in rows], followup.params, None, first_step)
+        answers = {}
+        for k, row in enumerate(rows):
+            answers[row] = replace(done[k], prompt_tokens=len(captured[row].rest))
+            if followup.keep_logprobs and answer_logprobs is not None:
+                answer_logprobs[row] = first_step[0][k]
+        return answers
 
     def _completion(self, tokens: list[int], prompt_tokens: int, at_eos: bool, stop: tuple[str, ...]) -> Completion:
         text, at_stop = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)

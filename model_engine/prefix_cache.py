@@ -19,11 +19,17 @@ from model_engine.kv_cache import full_attention_only as supports
 
 
 class PrefixCache:
-    def __init__(self, engine, prefixes: list[list[int]]):
+    def __init__(self, engine, prefixes: list[list[int]],
+                 layers: list[list[tuple[torch.Tensor, torch.Tensor]]] | None = None):
+        """``layers``: the prefixes' states where they were computed already (a row's own decode), per prefix
+        and layer; then no forward pass runs here and ``last_logits`` is None."""
         if not supports(engine.model):
             raise ValueError(f"{engine.spec.name} has cache layers other than full attention; no prefix cache")
         self.engine, self.prefixes = engine, [list(p) for p in prefixes]
         self.layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per prefix, per layer: (keys, values)
+        if layers is not None:
+            self.layers, self.last_logits = layers, None
+            return
         last = []
         with torch.inference_mode():
             for start in range(0, len(prefixes), engine.batch_size):

@@ -3,7 +3,7 @@
 ``Backend`` (``model_engine.backend``) is what every model offers, endpoints included:
 ``chat`` with caching and a usage meter; that is all the text methods' optimizer LLM
 needs. A task model is a local ``Engine``: the harness's fused reasoning-and-answer
-pass, token-level completion, teacher-forced scoring, and, for GReaTer, the network
+pass, token-level completion (with the lm-eval model's answers read after the reasoning), teacher-forced scoring, and, for GReaTer, the network
 itself (gradients with respect to input embeddings need it). ``model_engine.local.LocalModel``
 implements it; ``tests/test_engine_protocol.py`` runs the harness, GReaTer and the
 lm-eval model through a proxy that exposes nothing else, so a new use must be added here.
@@ -11,7 +11,7 @@ lm-eval model through a proxy that exposes nothing else, so a new use must be ad
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -64,6 +64,11 @@ class Engine(Protocol):
 
     def complete_ids_with_next_logprobs(self, sequences: Sequence[Sequence[int]], params: GenerationParams = ...
                                         ) -> tuple[list[Completion], list[torch.Tensor | None]]: ...
+
+    def complete_ids_and_answers(self, sequences: Sequence[Sequence[int]], params: GenerationParams,
+                                 answer_context: Callable[[list[int], str], list[int] | None],
+                                 answer_params: GenerationParams, keep_logprobs: bool = False,
+                                 ) -> tuple[list[Completion], list[torch.Tensor | None], list]: ...
 
     def complete_prefixed(self, prefix_cache, rows: Sequence[tuple[int, Sequence[int]]],
                           params: GenerationParams = ...) -> list[Completion]: ...

@@ -327,3 +327,33 @@ def test_preallocated_layer_holds_what_a_dynamic_layer_holds_and_grows_past_its_
     planned.crop(-2)
     growing.crop(-2)
     assert torch.equal(planned.keys, growing.keys) and planned.get_seq_length() == 4
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_an_answer_read_after_the_reasoning_equals_running_its_context(batch_size):
+    """The answer read from a row's kept states is the answer to its whole context run afresh: also where
+    the context re-tokenizes the reasoning, and where it leaves the reasoning at once (another row's)."""
+    model = tiny_local_model(batch_size=batch_size)
+    params, answer_params = GenerationParams(max_new_tokens=10), GenerationParams(max_new_tokens=4, stop=("\n",))
+    rendered = [model.render([{"role": "user", "content": p}]) for p in PROMPTS[:4]]
+    ids = [model.encode(text) for text in rendered]
+
+    def answer_context(sequence, reasoning):
+        row = ids.index(sequence)
+        if row == 3:
+            return None  # no answer for this row
+        if row == 2:
+            return ids[0] + model.continuation_ids(" So the answer is")
+        return model.encode(rendered[row] + reasoning.strip() + " So the answer is")
+
+    completions, next_logprobs, answers = model.complete_ids_and_answers(ids, params, answer_context, answer_params,
+                                                                         keep_logprobs=True)
+    plain, plain_logprobs = model.complete_ids_with_next_logprobs(ids, params)
+    assert [c.text for c in completions] == [c.text for c in plain]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(next_logprobs, plain_logprobs))
+    assert answers[3] is None and all(a is not None for a in answers[:3])
+    for answered in answers[:3]:
+        (expected,), (logprobs,) = model.complete_ids_with_next_logprobs([answered.context], answer_params)
+        assert answered.completion.text == expected.text
+        assert torch.allclose(answered.next_logprobs, logprobs, atol=1e-4)
+        assert 0 < answered.completion.prompt_tokens < len(answered.context)  # the kept states were reused

@@ -20,8 +20,11 @@ def _run_both(model, task_name: str, rows: int, tokens: int, tmp_path, chat: boo
     task = tasks.get_task(task_name)
     examples = load_test_examples(task_name)[:rows]
     hf = HFLM(pretrained=model.model, tokenizer=model.tokenizer, batch_size=4, device="cpu")
-    ours = evaluate_cells(SuiteLM(model), task, examples, CELLS, tmp_path / "suite", tokens, chat=chat)
+    suite = SuiteLM(model)
+    ours = evaluate_cells(suite, task, examples, CELLS, tmp_path / "suite", tokens, chat=chat)
     theirs = evaluate_cells(hf, task, examples, CELLS, tmp_path / "hf", tokens, chat=chat)
+    # every answer-pass request was read while its reasoning was generated, none ran again
+    assert suite.answers_served == len(examples) * len(CELLS)
     return ours, theirs
 
 
@@ -64,27 +67,29 @@ def test_an_interrupted_job_resumes_from_the_response_cache(tmp_path):
     examples = load_test_examples("navigate")[:6]
     cells = CELLS[:1]
     cache = tmp_path / "cache" / "tiny"
-    complete_ids, asked = model.complete_ids_with_next_logprobs, []
+    generate, asked = model.complete_ids_and_answers, []
 
-    def failing_after_one_chunk(sequences, params):
+    def failing_after_one_chunk(sequences, *args):
         if asked:
             raise RuntimeError("the job was killed")
         asked.append(len(sequences))
-        return complete_ids(sequences, params)
+        return generate(sequences, *args)
 
-    model.complete_ids_with_next_logprobs = failing_after_one_chunk
+    model.complete_ids_and_answers = failing_after_one_chunk
     with pytest.raises(RuntimeError, match="killed"):
         evaluate_cells(lm, task, examples, cells, tmp_path / "a", max_reasoning_tokens=4, response_cache=cache)
     assert asked == [4]
 
-    def counting(sequences, params):
+    def counting(sequences, *args):
         asked.append(len(sequences))
-        return complete_ids(sequences, params)
+        return generate(sequences, *args)
 
-    model.complete_ids_with_next_logprobs = counting
+    model.complete_ids_and_answers = counting
     resumed = evaluate_cells(lm, task, examples, cells, tmp_path / "b", max_reasoning_tokens=4, response_cache=cache)
-    assert asked[1] == 2  # only the reasoning the first attempt did not finish; then the answer pass
-    model.complete_ids_with_next_logprobs = complete_ids
+    # only the reasoning the first attempt did not finish, with its answers; then the answers of the
+    # reasoning that came from the cache
+    assert asked[1:] == [2, 4] and lm.answers_served == 2
+    model.complete_ids_and_answers = generate
     fresh = evaluate_cells(SuiteLM(model), task, examples, cells, tmp_path / "c", max_reasoning_tokens=4)
     assert resumed == fresh
 
