@@ -150,7 +150,8 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
         return plain_context(message, assistant_prefix), None
 
     answer_fields = _generation_fields(ANSWER_TOKENS, ["\n"], {"strict": "answer_strict", "lenient": "answer_after_extractor"})
-    if likelihood and hasattr(lm, "expect_answer_pass"):  # the suite's model reads each answer with its reasoning
+    announce = likelihood and hasattr(lm, "expect_answer_pass")  # the suite's model reads each answer with its reasoning
+    if announce:
         lm.expect_answer_pass(_answer_contexts(lm, examples, cells, extractor, context, chat),
                               answer_fields["generation_kwargs"], keep_logprobs=bool(choices))
 
@@ -186,7 +187,7 @@ def evaluate_cells(lm, task, examples, cells: list[PromptCell], workdir: Path, m
             name = choice_tasks[cell.name] = f"suite_choice_{_safe(task.name)}_{_safe(cell.name)}"
             configs[name] = _task_yaml(name, documents, "multiple_choice", gen_prefix=prefix, **_choice_fields())
     second = run(configs)
-    if likelihood and hasattr(lm, "expect_answer_pass"):
+    if announce:
         lm.expect_answer_pass(None)
 
     results = {}
