@@ -17,6 +17,10 @@ Each step edits one token of the prompt, left to right (see
    (teacher-forced argmax on the answer) + 0.02 x prompt NLL; keep the best;
 6. advance: past the end, grow with a placeholder, or wrap to the start after a period.
 
+The equal terms bind the edits: an edit or a growth whose text ``terms.max_prompt_chars``
+(or the task model's context) refuses is never rolled out; the next-ranked candidate
+takes its place, and a prompt that may not grow wraps to the start.
+
 The reference's bugs are fixed; where the faithful behaviour differs it stays available
 behind an option (``ppl_targets="previous"``, ``scoring_context="reference"``). The
 ``final_candidates`` lowest-objective prompts the run saw go to the shared final
@@ -126,15 +130,21 @@ class Greater(Optimizer):
         candidates, k = search.propose(prompt, pos)
         scores = search.gradient_scores(prompt, pos, candidates, reasoning)
         order = sorted(range(len(candidates)), key=lambda j: (float(scores[j]), candidates[j]))
-        chosen = [candidates[j] for j in order[: o.candidates_per_step]]
+        # the equal terms bind token edits too: an edit whose text is refused (terms.max_prompt_chars, the
+        # context) is passed over for the next-ranked candidate, never rolled out
+        allowed = [c for c in (candidates[j] for j in order)
+                   if not run.refusal(search.text(prompt[:pos] + [c] + prompt[pos + 1:]))]
+        chosen = allowed[: o.candidates_per_step]
         period_at = None
         if o.period_rule and pos >= 0.5 * state["n0"]:
             period_at = next((i for i, c in enumerate(chosen) if "." in search.tokenizer.decode([c])), None)
             if period_at is not None:
                 chosen = chosen[: period_at + 1]
-        results = search.evaluate([prompt[:pos] + [c] + prompt[pos + 1:] for c in chosen], prompt)
+        results = search.evaluate([prompt[:pos] + [c] + prompt[pos + 1:] for c in chosen], prompt) if chosen else []
         state["seen"] += results
         winner = results[-1] if period_at is not None else None
+        if not results:  # every edit at this position is refused: the prompt stays
+            winner = state["current"] | {"prompt": prompt}
         if winner is None:
             for result in results:  # ties go to the later candidate, as in the reference
                 if winner is None or self._rank(result) <= self._rank(winner):
@@ -144,10 +154,11 @@ class Greater(Optimizer):
         new_prompt = winner["prompt"]
         pos += 1
         if pos == len(new_prompt):
-            if "." in search.tokenizer.decode([new_prompt[-1]]):
-                pos = 0
+            grown = new_prompt + [search.placeholder]
+            if "." in search.tokenizer.decode([new_prompt[-1]]) or run.refusal(search.text(grown)):
+                pos = 0  # wrap to the start after a period, or where growing would pass the prompt cap
             else:
-                new_prompt = new_prompt + [search.placeholder]
+                new_prompt = grown
         state.update(prompt=new_prompt, pos=pos, current=winner)
         self._record(run, search.text(winner["prompt"]), winner, position=pos, candidates_proposed=len(candidates),
                      candidates_evaluated=[search.tokenizer.decode([c]) for c in chosen], topk_used=k)

@@ -309,3 +309,22 @@ def test_affordable_steps_are_the_steps_a_run_makes(max_task_calls):
     at_most = (max_task_calls - n_train - finals * TERMS["n_dev"]) // (candidates * n_train)  # no growth, no initial reserve
     assert 0 < guaranteed <= len(steps) <= at_most
     assert result["stopped"]["reason"] == "task_calls"
+
+
+def test_token_edits_and_growth_stay_within_the_prompt_cap(monkeypatch):
+    """terms.max_prompt_chars binds GReaTer's token edits: no edit over the cap is rolled out, and at the
+    end of a prompt with no period it wraps to the start instead of growing past the cap."""
+    initial = "Think"  # three tiny-tokenizer tokens, no period: at its end the search would grow it
+    cap = len(initial)
+    rolled_out = []
+    original = GradientSearch.evaluate
+
+    def recording(self, prompts, previous):
+        rolled_out.extend(self.text(p) for p in prompts)
+        return original(self, prompts, previous)
+
+    monkeypatch.setattr(GradientSearch, "evaluate", recording)
+    result = optimize("greater", {**SMALL, "steps": 6}, terms={**TERMS, "initial_prompt": initial, "max_prompt_chars": cap})
+    assert len(rolled_out) > 6 and all(len(text) <= cap for text in rolled_out), rolled_out
+    assert 0 in [step["details"]["position"] for step in result["trajectory"][1:]]  # wrapped at the end
+    assert len(result["prompt"]) <= cap
