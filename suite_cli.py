@@ -247,7 +247,7 @@ def _plan(args) -> None:
 
     config = read_configfile(args.configfile)
     print(f"{args.configfile}:")
-    for line in plan(config, cores=args.cores, benchmark_dir=args.benchmark_dir).lines():
+    for line in plan(config, cores=args.cores, benchmark_dir=args.benchmark_dir, results_dir=args.results_dir).lines():
         print(line)
 
 
@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the workflow will use")
     preview.add_argument("--benchmark-dir", default="logs/benchmark",
                          help="Snakemake benchmark files of earlier runs on this machine (for the time estimate)")
+    preview.add_argument("--results-dir", default="results",
+                         help="the workflow's results: what they hold is done (and prices the measured jobs)")
     preview.set_defaults(run=_plan)
     manual = commands.add_parser("manual-prompt", help="the prompt contract from hand-written prompts (an external method)")
     manual.add_argument("task")

@@ -3,7 +3,9 @@
 From the validated config alone (the same helpers the workflow uses): the jobs per rule,
 the task and optimizer calls the budgets allow, the test generations of the evaluate
 jobs, and, where earlier runs on this machine left Snakemake benchmark files
-(``logs/benchmark/``), an estimate of the wall time.
+(``logs/benchmark/``), an estimate of the wall time. For a run under way (or resumed), what
+its ``results/`` already holds (finished jobs, optimize jobs' checkpoints) is taken off in
+an estimate of what is left, and the time each rule took here so far is summed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ class Rates:
     seconds_per_task_call: dict[str, float] = field(default_factory=dict)  # optimize jobs, per task model
     seconds_per_generation: dict[str, float] = field(default_factory=dict)  # evaluate jobs, per target model
     seconds_per_job: dict[str, float] = field(default_factory=dict)  # every other rule
+    job_seconds: dict[str, list[float]] = field(default_factory=dict)  # rule (optimize: per method) -> each job's
+
+
+@dataclass
+class Work:
+    """Jobs and what they spend: a whole config's, or what its results here do not hold yet."""
+
+    jobs: dict[str, int]
+    task_calls: dict[str, int]  # per task model: the most its optimization runs may spend
+    test_generations: dict[str, int]  # per target: test rows x prompts x 2 passes (reasoning, answer)
 
 
 @dataclass
@@ -38,6 +50,7 @@ class Plan:
     cores: int = 1
     shortfalls: list[str] = field(default_factory=list)  # budgets too small for a step (budget_shortfalls)
     threads_per_job: int = 1  # runtime.threads: what every optimize and evaluate job takes of the cores
+    left: Work | None = None  # what the results here do not hold yet (None: not looked at)
 
     @property
     def parallel_jobs(self) -> int:
@@ -45,27 +58,46 @@ class Plan:
         return max(1, self.cores // min(self.threads_per_job, self.cores))
 
     @property
+    def whole(self) -> Work:
+        return Work(self.jobs, self.task_calls, self.test_generations)
+
+    @property
     def estimate(self) -> tuple[float, list[str]] | None:
+        """The whole config's :meth:`estimate_of`."""
+        return self.estimate_of(self.whole)
+
+    def estimate_of(self, work: Work) -> tuple[float, list[str]] | None:
         """(wall seconds on ``cores`` cores, parts without a measurement), or None before any measurement.
 
         The measured job times are each job's own, on its ``threads_per_job`` threads, so the sum is
-        divided by the jobs that run at once, not by the cores. A model's rate is its own: models differ several-fold in cost, so a model never measured
-        here is left out of the sum and named (the estimate is then a lower bound)."""
+        divided by the jobs that run at once, not by the cores. A model's rate is its own: models differ
+        several-fold in cost, so a model never measured here is left out of the sum and named (the
+        estimate is then a lower bound)."""
         rates, seconds, unmeasured = self.rates, 0.0, []
-        for model, calls in self.task_calls.items():
+        for model, calls in work.task_calls.items():
             rate = rates.seconds_per_task_call.get(model)
             seconds += calls * rate if rate is not None else 0.0
-            unmeasured += [f"optimize on {model}"] if rate is None else []
-        for target, generations in self.test_generations.items():
+            unmeasured += [f"optimize on {model}"] if rate is None and calls else []
+        for target, generations in work.test_generations.items():
             rate = rates.seconds_per_generation.get(target)
             seconds += generations * rate if rate is not None else 0.0
-            unmeasured += [f"evaluate on {target}"] if rate is None else []
-        for rule, n in self.jobs.items():
+            unmeasured += [f"evaluate on {target}"] if rate is None and generations else []
+        for rule, n in work.jobs.items():
             if rule not in ("optimize", "evaluate"):
                 seconds += n * rates.seconds_per_job.get(rule, 0.0)
-        if len(unmeasured) == len(self.task_calls) + len(self.test_generations):
+        priced = [rate for model in work.task_calls if (rate := rates.seconds_per_task_call.get(model)) is not None]
+        priced += [rate for target in work.test_generations if (rate := rates.seconds_per_generation.get(target))
+                   is not None]
+        if not priced and unmeasured:
             return None
         return seconds / self.parallel_jobs, unmeasured
+
+    def _estimate_line(self, label: str, estimate: tuple[float, list[str]]) -> str:
+        seconds, unmeasured = estimate
+        return (f"{label} on {self.cores} cores ({self.parallel_jobs} job(s) of {self.threads_per_job} threads at a "
+                f"time): {'at least ' if unmeasured else ''}{seconds / 60:.0f} min (budgets fully spent, at the "
+                "seconds per task call and per test generation measured here before)"
+                + (f"; not measured here, so not counted: {', '.join(unmeasured)}" if unmeasured else ""))
 
     def lines(self) -> list[str]:
         out = ["jobs by rule:"] + [f"  {rule:16s} {n:6d}" for rule, n in self.jobs.items()]
@@ -82,12 +114,24 @@ class Plan:
         if estimate is None:
             out.append("estimated wall time: no measurements yet (logs/benchmark/ fills as jobs run on this machine)")
         else:
-            seconds, unmeasured = estimate
-            out.append(f"estimated wall time on {self.cores} cores ({self.parallel_jobs} job(s) of {self.threads_per_job} "
-                       f"threads at a time): {'at least ' if unmeasured else ''}{seconds / 60:.0f} "
-                       "min (budgets fully spent, at the seconds per task call and per test generation measured here "
-                       "before)" + (f"; not measured here, so not counted: {', '.join(unmeasured)}" if unmeasured else ""))
+            out.append(self._estimate_line("estimated wall time", estimate))
+        if self.left is not None and self.left.jobs != self.jobs:
+            done = sum(self.jobs.values()) - sum(self.left.jobs.values())
+            out.append(f"done here: {done} of {sum(self.jobs.values())} jobs (their outputs are in results/; "
+                       "`snakemake -n` says whether any must be redone); left: " + ", ".join(
+                           f"{rule} {n}" for rule, n in self.left.jobs.items() if n) + "; task calls left: " + ", ".join(
+                           f"{calls:,} on {model}" for model, calls in self.left.task_calls.items()))
+            left = self.estimate_of(self.left)
+            if left is not None:
+                out.append(self._estimate_line("estimated wall time left", left))
+        if self.rates.job_seconds:
+            out.append("time measured here (logs/benchmark/, each job's own, summed): " + "; ".join(
+                f"{rule} {len(times)} job(s) {_duration(sum(times))}" for rule, times in self.rates.job_seconds.items()))
         return out
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
 
 
 def _optimize_job_seconds(benchmark: float | None, result: dict) -> float | None:
@@ -113,7 +157,8 @@ def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: st
     files and the results they wrote; mean seconds per job for the other rules."""
     benchmark_dir, results_dir = Path(benchmark_dir), Path(results_dir)
     per_call: dict[str, list[float]] = {}
-    for path in benchmark_dir.glob("optimize/*/*/*/seed*.tsv"):
+    job_seconds: dict[str, list[float]] = {}
+    for path in sorted(benchmark_dir.glob("optimize/*/*/*/seed*.tsv")):
         task, model, optimizer = path.parts[-4:-1]
         result = results_dir / "prompts" / task / model / optimizer / f"{path.stem}.json"
         try:
@@ -122,23 +167,28 @@ def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: st
         except (OSError, KeyError, TypeError, ValueError):
             continue
         seconds = _optimize_job_seconds(_benchmark_seconds(path), record)
+        if seconds is not None:
+            job_seconds.setdefault(f"optimize ({optimizer})", []).append(seconds)
         if seconds is not None and calls:
             per_call.setdefault(model, []).append(seconds / calls)
     per_generation: dict[str, list[float]] = {}
-    for path in benchmark_dir.glob("evaluate/*/*.tsv"):
+    for path in sorted(benchmark_dir.glob("evaluate/*/*.tsv")):
         task, target = path.parts[-2], path.stem
         cells = [json.loads(p.read_text()) for p in results_dir.glob(f"eval/{task}/*/*/seed*/{target}.json")]
         generations = 2 * cells[0]["n"] * len({c["prompt"] for c in cells}) if cells else 0  # prompts run once
         seconds = _benchmark_seconds(path)
+        if seconds is not None:
+            job_seconds.setdefault("evaluate", []).append(seconds)
         if seconds is not None and generations:
             per_generation.setdefault(target, []).append(seconds / generations)
     per_job: dict[str, list[float]] = {}
-    for path in benchmark_dir.glob("*/**/*.tsv"):
+    for path in sorted(benchmark_dir.glob("*/**/*.tsv")):
         rule = path.relative_to(benchmark_dir).parts[0]
         seconds = _benchmark_seconds(path)
         if rule not in ("optimize", "evaluate") and seconds is not None:
             per_job.setdefault(rule, []).append(seconds)
-    return Rates(_means(per_call), _means(per_generation), _means(per_job))
+            job_seconds.setdefault(rule, []).append(seconds)
+    return Rates(_means(per_call), _means(per_generation), _means(per_job), job_seconds)
 
 
 def _means(groups: dict[str, list[float]]) -> dict[str, float]:
@@ -211,4 +261,51 @@ def plan(config: dict, cores: int = 1, benchmark_dir: str | Path = "logs/benchma
     return Plan(jobs, task_calls, optimizer_calls, test_rows, prompt_files, generations,
                 measured_rates(benchmark_dir, results_dir), cores,
                 budget_shortfalls(config, allow_download=config.get("allow_download", True)),
-                config["runtime"]["threads"])
+                config["runtime"]["threads"], _left(config, test_rows, Path(results_dir)))
+
+
+def _left(config: dict, test_rows: dict[str, int], results_dir: Path) -> Work:
+    """What ``results_dir`` does not hold yet, by the workflow's output paths: a job is done when its
+    outputs exist; an unfinished optimize job has left what its checkpoint has not spent."""
+    from optimizers.base import get_optimizer
+
+    tasks, models, seeds = config["tasks"], config["models"], config["seeds"]
+    methods = list(config["optimizers"]) + list(config.get("external_methods", {}))
+    targets = suite_config.target_models(config)
+    prompt = "prompts/{task}/{model}/{method}/seed{seed}.json"
+    jobs = {"write_splits": sum(not (results_dir / f"splits/{task}.json").is_file() for task in tasks),
+            "prepare_model": sum(not (results_dir / f"models/{model}.json").is_file()
+                                 for model in suite_config.local_models(config)),
+            "optimize": 0}
+    task_calls = dict.fromkeys(models, 0)
+    for task in tasks:
+        cap = suite_config.budget_for(config, task).get("max_task_calls") or 0
+        for name in config["optimizers"]:
+            for model in models:
+                for seed in seeds:
+                    path = results_dir / prompt.format(task=task, model=model, method=name, seed=seed)
+                    if path.is_file():
+                        continue
+                    jobs["optimize"] += 1
+                    if not get_optimizer(name).fixed:
+                        task_calls[model] += max(0, cap - _checkpoint_task_calls(path))
+    if config.get("external_methods"):
+        jobs["external methods"] = sum(
+            not (results_dir / prompt.format(task=task, model=model, method=method, seed=seed)).is_file()
+            for task in tasks for method in config["external_methods"] for model in models for seed in seeds)
+    evaluations_left = {target: [task for task in tasks if not all(
+        (results_dir / f"eval/{task}/{model}/{method}/seed{seed}/{target}.json").is_file()
+        for model in models for method in methods for seed in seeds)] for target in targets}
+    jobs["evaluate"] = sum(map(len, evaluations_left.values()))
+    generations = {target: 2 * sum(test_rows[task] for task in left) * len(methods) * len(models) * len(seeds)
+                   for target, left in evaluations_left.items()}
+    finished = not any(jobs.values()) and (results_dir / "tables/main.csv").is_file()
+    return Work(jobs | {"report": 0 if finished else 1}, task_calls, generations)
+
+
+def _checkpoint_task_calls(result: Path) -> int:
+    """Task calls an interrupted optimize job has spent (its checkpoint beside the result), else 0."""
+    try:
+        return int(json.loads(result.with_name(result.name + ".checkpoint.json").read_text())["budget"]["task_calls"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return 0

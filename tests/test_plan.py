@@ -114,3 +114,42 @@ def test_the_plan_command_names_a_bad_config(tmp_path):
     result = subprocess.run([sys.executable, "-m", "suite_cli", "plan", "--configfile", str(bad)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "navigat" in result.stderr
+
+
+def test_a_run_under_way_is_planned_by_what_is_left(tmp_path):
+    """Finished jobs (their outputs here) are taken off; an interrupted optimize job has left what its
+    checkpoint has not spent; the time each rule took here is summed."""
+    config = {"tasks": ["navigate"], "models": ["smollm2-135m"], "optimizers": {"zero_shot_cot": {}, "opro": {}, "gpo": {}},
+              "budget": {"max_task_calls": 100}, "evaluation": {"limit": 10}}
+    bench, results = tmp_path / "logs" / "benchmark", tmp_path / "results"
+    for path, text in {
+        "splits/navigate.json": "{}", "models/smollm2-135m.json": "{}",
+        "prompts/navigate/smollm2-135m/zero_shot_cot/seed0.json": json.dumps({"budget": {"task_calls": 0}}),
+        "prompts/navigate/smollm2-135m/gpo/seed0.json": json.dumps({"budget": {"task_calls": 100}}),
+        "prompts/navigate/smollm2-135m/opro/seed0.json.checkpoint.json": json.dumps({"budget": {"task_calls": 40}}),
+    }.items():
+        (results / path).parent.mkdir(parents=True, exist_ok=True)
+        (results / path).write_text(text)
+    (bench / "optimize/navigate/smollm2-135m/gpo").mkdir(parents=True)
+    (bench / "optimize/navigate/smollm2-135m/gpo/seed0.tsv").write_text("s\th:m:s\n300.0\t0:05:00\n")
+    preview = plan(config, cores=2, benchmark_dir=bench, results_dir=results)
+    assert preview.left.jobs == {"write_splits": 0, "prepare_model": 0, "optimize": 1, "evaluate": 1, "report": 1}
+    assert preview.left.task_calls == {"smollm2-135m": 60}  # opro's 100 less its checkpoint's 40; gpo is done
+    assert preview.left.test_generations == {"smollm2-135m": 2 * 10 * 3}
+    assert preview.rates.seconds_per_task_call == {"smollm2-135m": 3.0}
+    lines = preview.lines()
+    assert "done here: 4 of 7 jobs" in "\n".join(lines)
+    assert any(line.startswith("estimated wall time left on 2 cores (1 job(s) of 2 threads at a time): at least 3 min")
+               and "not counted: evaluate on smollm2-135m" in line for line in lines)  # 60 calls x 3 s
+    assert any(line.endswith("optimize (gpo) 1 job(s) 5.0 min") for line in lines)
+
+    for method in ("zero_shot_cot", "opro", "gpo"):  # the rest of the run: nothing is left
+        (results / f"prompts/navigate/smollm2-135m/{method}/seed0.json").write_text(json.dumps({"budget": {}}))
+        cell = results / f"eval/navigate/smollm2-135m/{method}/seed0/smollm2-135m.json"
+        cell.parent.mkdir(parents=True)
+        cell.write_text(json.dumps({"n": 10, "prompt": method}))
+    (results / "tables").mkdir()
+    (results / "tables/main.csv").write_text("")
+    finished = plan(config, cores=2, benchmark_dir=bench, results_dir=results)
+    assert not any(finished.left.jobs.values()) and finished.estimate_of(finished.left) == (0.0, [])
+    assert "done here: 7 of 7 jobs" in "\n".join(finished.lines())
