@@ -154,7 +154,9 @@ def _benchmark_seconds(path: Path) -> float | None:
 
 def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: str | Path = "results") -> Rates:
     """Seconds per task call (optimize) and per test generation (evaluate), from earlier jobs' benchmark
-    files and the results they wrote; mean seconds per job for the other rules."""
+    files and the results they wrote; seconds per job for the other rules. Each is the median over
+    the jobs measured, so that one job slowed by something else (paused, sharing its cores) does not
+    set the rate."""
     benchmark_dir, results_dir = Path(benchmark_dir), Path(results_dir)
     per_call: dict[str, list[float]] = {}
     job_seconds: dict[str, list[float]] = {}
@@ -188,11 +190,11 @@ def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: st
         if rule not in ("optimize", "evaluate") and seconds is not None:
             per_job.setdefault(rule, []).append(seconds)
             job_seconds.setdefault(rule, []).append(seconds)
-    return Rates(_means(per_call), _means(per_generation), _means(per_job), job_seconds)
+    return Rates(_medians(per_call), _medians(per_generation), _medians(per_job), job_seconds)
 
 
-def _means(groups: dict[str, list[float]]) -> dict[str, float]:
-    return {key: statistics.mean(values) for key, values in groups.items()}
+def _medians(groups: dict[str, list[float]]) -> dict[str, float]:
+    return {key: statistics.median(values) for key, values in groups.items()}
 
 
 def budget_shortfalls(config: dict, allow_download: bool = True) -> list[str]:

@@ -153,3 +153,17 @@ def test_a_run_under_way_is_planned_by_what_is_left(tmp_path):
     finished = plan(config, cores=2, benchmark_dir=bench, results_dir=results)
     assert not any(finished.left.jobs.values()) and finished.estimate_of(finished.left) == (0.0, [])
     assert "done here: 7 of 7 jobs" in "\n".join(finished.lines())
+
+
+def test_one_slowed_job_does_not_set_the_rate(tmp_path):
+    """A job that was paused or shared its cores reads slow; the rate is the median over the jobs."""
+    config = {"tasks": ["navigate"], "models": ["smollm2-135m"], "optimizers": {"opro": {}, "gpo": {}, "ape": {}},
+              "budget": {"max_task_calls": 100}, "evaluation": {"limit": 10}}
+    bench, results = tmp_path / "logs" / "benchmark", tmp_path / "results"
+    for method, seconds in (("opro", 200.0), ("gpo", 220.0), ("ape", 4000.0)):
+        (bench / f"optimize/navigate/smollm2-135m/{method}").mkdir(parents=True)
+        (bench / f"optimize/navigate/smollm2-135m/{method}/seed0.tsv").write_text(f"s\th:m:s\n{seconds}\t0:00:00\n")
+        (results / f"prompts/navigate/smollm2-135m/{method}").mkdir(parents=True)
+        (results / f"prompts/navigate/smollm2-135m/{method}/seed0.json").write_text(
+            json.dumps({"budget": {"task_calls": 100}}))
+    assert plan(config, benchmark_dir=bench, results_dir=results).rates.seconds_per_task_call == {"smollm2-135m": 2.2}
