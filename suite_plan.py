@@ -26,7 +26,6 @@ class Rates:
     seconds_per_task_call: dict[str, float] = field(default_factory=dict)  # optimize jobs, per task model
     seconds_per_generation: dict[str, float] = field(default_factory=dict)  # evaluate jobs, per target model
     seconds_per_job: dict[str, float] = field(default_factory=dict)  # every other rule
-    job_seconds: dict[str, list[float]] = field(default_factory=dict)  # rule (optimize: per method) -> each job's
 
 
 @dataclass
@@ -51,6 +50,7 @@ class Plan:
     shortfalls: list[str] = field(default_factory=list)  # budgets too small for a step (budget_shortfalls)
     threads_per_job: int = 1  # runtime.threads: what every optimize and evaluate job takes of the cores
     left: Work | None = None  # what the results here do not hold yet (None: not looked at)
+    spent: dict[str, list[float]] = field(default_factory=dict)  # this config's jobs measured here: rule -> seconds
 
     @property
     def parallel_jobs(self) -> int:
@@ -117,16 +117,16 @@ class Plan:
             out.append(self._estimate_line("estimated wall time", estimate))
         if self.left is not None and self.left.jobs != self.jobs:
             done = sum(self.jobs.values()) - sum(self.left.jobs.values())
+            left_jobs = ", ".join(f"{rule} {n}" for rule, n in self.left.jobs.items() if n) or "nothing"
             out.append(f"done here: {done} of {sum(self.jobs.values())} jobs (their outputs are in results/; "
-                       "`snakemake -n` says whether any must be redone); left: " + ", ".join(
-                           f"{rule} {n}" for rule, n in self.left.jobs.items() if n) + "; task calls left: " + ", ".join(
-                           f"{calls:,} on {model}" for model, calls in self.left.task_calls.items()))
+                       f"`snakemake -n` says whether any must be redone); left: {left_jobs}; task calls left: "
+                       + ", ".join(f"{calls:,} on {model}" for model, calls in self.left.task_calls.items()))
             left = self.estimate_of(self.left)
             if left is not None:
                 out.append(self._estimate_line("estimated wall time left", left))
-        if self.rates.job_seconds:
-            out.append("time measured here (logs/benchmark/, each job's own, summed): " + "; ".join(
-                f"{rule} {len(times)} job(s) {_duration(sum(times))}" for rule, times in self.rates.job_seconds.items()))
+        if self.spent:
+            out.append("time this config's jobs took here (logs/benchmark/, each job's own, summed): " + "; ".join(
+                f"{rule} {len(times)} job(s) {_duration(sum(times))}" for rule, times in self.spent.items()))
         return out
 
 
@@ -159,8 +159,7 @@ def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: st
     set the rate."""
     benchmark_dir, results_dir = Path(benchmark_dir), Path(results_dir)
     per_call: dict[str, list[float]] = {}
-    job_seconds: dict[str, list[float]] = {}
-    for path in sorted(benchmark_dir.glob("optimize/*/*/*/seed*.tsv")):
+    for path in benchmark_dir.glob("optimize/*/*/*/seed*.tsv"):
         task, model, optimizer = path.parts[-4:-1]
         result = results_dir / "prompts" / task / model / optimizer / f"{path.stem}.json"
         try:
@@ -169,28 +168,23 @@ def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: st
         except (OSError, KeyError, TypeError, ValueError):
             continue
         seconds = _optimize_job_seconds(_benchmark_seconds(path), record)
-        if seconds is not None:
-            job_seconds.setdefault(f"optimize ({optimizer})", []).append(seconds)
         if seconds is not None and calls:
             per_call.setdefault(model, []).append(seconds / calls)
     per_generation: dict[str, list[float]] = {}
-    for path in sorted(benchmark_dir.glob("evaluate/*/*.tsv")):
+    for path in benchmark_dir.glob("evaluate/*/*.tsv"):
         task, target = path.parts[-2], path.stem
         cells = [json.loads(p.read_text()) for p in results_dir.glob(f"eval/{task}/*/*/seed*/{target}.json")]
         generations = 2 * cells[0]["n"] * len({c["prompt"] for c in cells}) if cells else 0  # prompts run once
         seconds = _benchmark_seconds(path)
-        if seconds is not None:
-            job_seconds.setdefault("evaluate", []).append(seconds)
         if seconds is not None and generations:
             per_generation.setdefault(target, []).append(seconds / generations)
     per_job: dict[str, list[float]] = {}
-    for path in sorted(benchmark_dir.glob("*/**/*.tsv")):
+    for path in benchmark_dir.glob("*/**/*.tsv"):
         rule = path.relative_to(benchmark_dir).parts[0]
         seconds = _benchmark_seconds(path)
         if rule not in ("optimize", "evaluate") and seconds is not None:
             per_job.setdefault(rule, []).append(seconds)
-            job_seconds.setdefault(rule, []).append(seconds)
-    return Rates(_medians(per_call), _medians(per_generation), _medians(per_job), job_seconds)
+    return Rates(_medians(per_call), _medians(per_generation), _medians(per_job))
 
 
 def _medians(groups: dict[str, list[float]]) -> dict[str, float]:
@@ -263,7 +257,42 @@ def plan(config: dict, cores: int = 1, benchmark_dir: str | Path = "logs/benchma
     return Plan(jobs, task_calls, optimizer_calls, test_rows, prompt_files, generations,
                 measured_rates(benchmark_dir, results_dir), cores,
                 budget_shortfalls(config, allow_download=config.get("allow_download", True)),
-                config["runtime"]["threads"], _left(config, test_rows, Path(results_dir)))
+                config["runtime"]["threads"], _left(config, test_rows, Path(results_dir)),
+                _spent(config, Path(benchmark_dir), Path(results_dir)))
+
+
+def _spent(config: dict, benchmark_dir: Path, results_dir: Path) -> dict[str, list[float]]:
+    """Each of this config's jobs that left a benchmark file here: rule (optimize: per method) -> seconds.
+    External methods' rules are found by their benchmark files' ``{rule}/{task}/{model}/seed{seed}`` paths."""
+    tasks, models, seeds = config["tasks"], config["models"], config["seeds"]
+    runs = [(task, model, seed) for task in tasks for model in models for seed in seeds]
+    spent: dict[str, list[float]] = {}
+
+    def add(rule: str, seconds: float | None) -> None:
+        if seconds is not None:
+            spent.setdefault(rule, []).append(seconds)
+
+    for task in tasks:
+        add("write_splits", _benchmark_seconds(benchmark_dir / f"write_splits/{task}.tsv"))
+    for model in suite_config.local_models(config):
+        add("prepare_model", _benchmark_seconds(benchmark_dir / f"prepare_model/{model}.tsv"))
+    for name in config["optimizers"]:
+        for task, model, seed in runs:
+            try:
+                record = json.loads((results_dir / f"prompts/{task}/{model}/{name}/seed{seed}.json").read_text())
+            except (OSError, ValueError):
+                record = {}
+            benchmark = _benchmark_seconds(benchmark_dir / f"optimize/{task}/{model}/{name}/seed{seed}.tsv")
+            add(f"optimize ({name})", _optimize_job_seconds(benchmark, record))
+    known = {"write_splits", "prepare_model", "optimize", "evaluate", "report"}
+    for rule_dir in sorted(p for p in benchmark_dir.glob("*") if p.is_dir() and p.name not in known):
+        for task, model, seed in runs:
+            add(rule_dir.name, _benchmark_seconds(rule_dir / f"{task}/{model}/seed{seed}.tsv"))
+    for task in tasks:
+        for target in suite_config.target_models(config):
+            add("evaluate", _benchmark_seconds(benchmark_dir / f"evaluate/{task}/{target}.tsv"))
+    add("report", _benchmark_seconds(benchmark_dir / "report/report.tsv"))
+    return spent
 
 
 def _left(config: dict, test_rows: dict[str, int], results_dir: Path) -> Work:

@@ -132,6 +132,8 @@ def test_a_run_under_way_is_planned_by_what_is_left(tmp_path):
         (results / path).write_text(text)
     (bench / "optimize/navigate/smollm2-135m/gpo").mkdir(parents=True)
     (bench / "optimize/navigate/smollm2-135m/gpo/seed0.tsv").write_text("s\th:m:s\n300.0\t0:05:00\n")
+    (bench / "optimize/gsm8k/smollm2-135m/gpo").mkdir(parents=True)  # another config's job: not this run's time
+    (bench / "optimize/gsm8k/smollm2-135m/gpo/seed0.tsv").write_text("s\th:m:s\n999.0\t0:16:39\n")
     preview = plan(config, cores=2, benchmark_dir=bench, results_dir=results)
     assert preview.left.jobs == {"write_splits": 0, "prepare_model": 0, "optimize": 1, "evaluate": 1, "report": 1}
     assert preview.left.task_calls == {"smollm2-135m": 60}  # opro's 100 less its checkpoint's 40; gpo is done
@@ -141,7 +143,8 @@ def test_a_run_under_way_is_planned_by_what_is_left(tmp_path):
     assert "done here: 4 of 7 jobs" in "\n".join(lines)
     assert any(line.startswith("estimated wall time left on 2 cores (1 job(s) of 2 threads at a time): at least 3 min")
                and "not counted: evaluate on smollm2-135m" in line for line in lines)  # 60 calls x 3 s
-    assert any(line.endswith("optimize (gpo) 1 job(s) 5.0 min") for line in lines)
+    assert any(line.startswith("time this config's jobs took here") and line.endswith(": optimize (gpo) 1 job(s) 5.0 min")
+               for line in lines)
 
     for method in ("zero_shot_cot", "opro", "gpo"):  # the rest of the run: nothing is left
         (results / f"prompts/navigate/smollm2-135m/{method}/seed0.json").write_text(json.dumps({"budget": {}}))
