@@ -10,7 +10,10 @@ Measures, in one run on this machine:
   growing one (``model_engine.kv_cache``), and bf16 against fp32 (with how many of the
   64 generations change);
 - per model: one decode step at 1-16 rows with the linear layers as PyTorch runs them
-  and with the engine's small-rows form (``model_engine.local.SMALL_ROWS``), side by side.
+  and with the engine's small-rows form (``model_engine.local.SMALL_ROWS``), side by side,
+  against the step's physical bound on this machine: reading every weight once at the
+  measured memory bandwidth, or the step's matmuls at the fp32 peak, whichever is longer
+  (at a few rows a decode step is bound by the bytes of the weights, not by the matmuls).
 
 Results are printed and written to results/benchmarks/engine.json.
     python -m benchmarks.engine [--models smollm2-135m qwen2.5-coder-0.5b] [--batch-sizes 16 32 64]
@@ -48,6 +51,23 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) 
         a @ b
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
+
+
+def memory_bandwidth_gbs(megabytes: int = 1024, repeats: int = 10) -> float:
+    """Read bandwidth (GB/s): the best time to sum a tensor far larger than the caches."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    data.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - started)
+    return data.numel() * data.element_size() / best / 1e9
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the parameters (a tied embedding and LM head counted once): what a decode step reads."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def matmul_parameters(model) -> int:
@@ -144,11 +164,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     peak = {"float32": matmul_peak_gflops(torch.float32), "bfloat16": matmul_peak_gflops(torch.bfloat16)}
-    print(f"matmul peak: fp32 {peak['float32']:.1f} GFLOP/s, bf16 {peak['bfloat16']:.1f} GFLOP/s "
-          f"({args.threads} threads, {os.cpu_count()} cores)")
+    bandwidth = memory_bandwidth_gbs()
+    print(f"matmul peak: fp32 {peak['float32']:.1f} GFLOP/s, bf16 {peak['bfloat16']:.1f} GFLOP/s; memory read "
+          f"bandwidth {bandwidth:.1f} GB/s ({args.threads} threads, {os.cpu_count()} cores)")
     prompts = questions(args.questions)
     report = {"machine": {"cores": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                          "torch": torch.__version__}, "matmul_peak_gflops": peak, "models": {}}
+                          "torch": torch.__version__}, "matmul_peak_gflops": peak,
+              "memory_bandwidth_gbs": bandwidth, "models": {}}
     for name in args.models:
         engine = load_model(name)
         flops_per_token = 2 * matmul_parameters(engine.model)
@@ -183,10 +205,15 @@ def main() -> None:
             decode_steps["small_rows_linear" if small_rows else "pytorch_linear"] = decode_step_seconds(
                 engine, DECODE_ROWS, context=160)
         use_small_rows_linear(engine.model, engine.small_rows_linear)  # as the engine runs
+        weights = weight_bytes(engine.model)
+        bounds = {rows: max(weights / (bandwidth * 1e9), rows * flops_per_token / (peak["float32"] * 1e9))
+                  for rows in DECODE_ROWS}
         for rows in DECODE_ROWS:
             plain, small = decode_steps["pytorch_linear"][rows], decode_steps["small_rows_linear"][rows]
             print(f"{name}: decode step, {rows} rows: {plain * 1000:.0f} ms with PyTorch's linear, "
-                  f"{small * 1000:.0f} ms small-rows form ({plain / small:.2f}x)")
+                  f"{small * 1000:.0f} ms small-rows form ({plain / small:.2f}x); bound {bounds[rows] * 1000:.0f} ms "
+                  f"({weights / 1e9:.2f} GB of weights at the bandwidth, or the matmuls at the fp32 peak): the "
+                  f"faster form at {bounds[rows] / min(plain, small):.0%} of it")
         report["models"][name] = {
             "matmul_parameters": flops_per_token // 2,
             "plain_generate_batch1_tokens_per_s": baseline,
@@ -195,6 +222,8 @@ def main() -> None:
             "best_batch_size": best,
             "speedup_vs_plain": runs[best]["tokens_per_s"] / baseline,
             "decode_step_seconds": decode_steps,
+            "weight_bytes": weights,
+            "decode_step_bound_seconds": bounds,
             "batch_variants": variants,
             "target_speedup": 4.0,
         }
