@@ -203,8 +203,48 @@ def test_published_numbers_stand_beside_ours_when_the_setting_matches(tmp_path):
              for task in ("navigate", "snarks") for method in ("zero_shot_cot", "good", "ape")]
     build_report(evals, [], tmp_path / "tables", tmp_path / "plots")
     published = pd.read_csv(tmp_path / "tables" / "published.csv")
-    assert len(published) == 1  # only APE on BBH with Llama-3-8B is in both
-    row = published.iloc[0]
-    assert (row.method, row.column, row.published) == ("ape", "BBH average", 63.1)
+    # APE and zero-shot CoT on BBH with Llama-3-8B are in both ('good' is not a method of the paper)
+    assert sorted(published.method) == ["ape", "zero_shot_cot"]
+    row = published.set_index("method").loc["ape"]
+    assert (row.column, row.published, row.tasks) == ("BBH average", 63.1, 2)
     assert row.ours_minus_published == pytest.approx(50.0 - 63.1)
     assert "63.1" in (tmp_path / "tables" / "published.md").read_text()
+
+
+def test_published_transfer_cells_stand_beside_ours_per_task_and_over_the_papers_five_tasks(tmp_path):
+    """The paper's transfer table (Llama-3-8B -> Gemma-2-9B): per task, and its average where all five ran."""
+    llama, gemma = "llama-3-8b-instruct", "gemma-2-9b-it"
+    five = ["movie_recommendation", "object_counting", "tracking_shuffled_objects_five_objects", "hyperbaton",
+            "causal_judgement"]
+    evals = [_write_cell(tmp_path, task, "greater", llama, target, 0, _verdicts("greater", "", task))
+             for task in five for target in (llama, gemma)]
+    evals += [_write_cell(tmp_path, task, "protegi", llama, gemma, 0, _verdicts("good", "", task))
+              for task in five[:2]]  # two of the five: per-task rows, no average
+    build_report(evals, [], tmp_path / "tables", tmp_path / "plots")
+    published = pd.read_csv(tmp_path / "tables" / "published.csv")
+    transfer = published[published.source != published.target]
+    greater = transfer[transfer.method == "greater"].set_index("column")
+    assert list(greater.index) == five + ["average of 5 tasks"]
+    assert list(greater.published) == [55, 90, 85, 91, 60, 76.2]
+    assert greater.loc["average of 5 tasks", "tasks"] == 5
+    assert greater.loc["object_counting", "ours_minus_published"] == pytest.approx(50.0 - 90)
+    protegi = transfer[transfer.method == "protegi"]
+    assert list(protegi.column) == five[:2] and list(protegi.published) == [53, 84]
+    assert protegi.accuracy.tolist() == pytest.approx([80.0, 80.0])
+    self_row = published[(published.source == llama) & (published.target == llama)].iloc[0]
+    assert (self_row.method, self_row.column, self_row.published, self_row.tasks) == ("greater", "BBH average", 68.7, 5)
+    markdown = (tmp_path / "tables" / "published.md").read_text()
+    assert "76.2" in markdown and "average of 5 tasks" in markdown
+
+
+def test_published_transfer_averages_are_the_means_of_their_tasks():
+    """A check on the transcription of the paper's transfer table."""
+    import yaml
+
+    from evaluation.report import PUBLISHED
+
+    for targets in yaml.safe_load(PUBLISHED.read_text())["transfer"].values():
+        for methods in targets.values():
+            for values in methods.values():
+                tasks = [v for k, v in values.items() if k != "average"]
+                assert sum(tasks) / len(tasks) == pytest.approx(values["average"], abs=0.05)
