@@ -85,10 +85,9 @@ class Plan:
         for rule, n in work.jobs.items():
             if rule not in ("optimize", "evaluate"):
                 seconds += n * rates.seconds_per_job.get(rule, 0.0)
-        priced = [rate for model in work.task_calls if (rate := rates.seconds_per_task_call.get(model)) is not None]
-        priced += [rate for target in work.test_generations if (rate := rates.seconds_per_generation.get(target))
-                   is not None]
-        if not priced and unmeasured:
+        measured = (any(model in rates.seconds_per_task_call for model in work.task_calls)
+                    or any(target in rates.seconds_per_generation for target in work.test_generations))
+        if unmeasured and not measured:
             return None
         return seconds / self.parallel_jobs, unmeasured
 
