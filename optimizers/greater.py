@@ -31,6 +31,7 @@ optimizes with the task model itself: it uses no optimizer LLM.
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Literal
 
 from pydantic import Field
@@ -132,9 +133,9 @@ class Greater(Optimizer):
         order = sorted(range(len(candidates)), key=lambda j: (float(scores[j]), candidates[j]))
         # the equal terms bind token edits too: an edit whose text is refused (terms.max_prompt_chars, the
         # context) is passed over for the next-ranked candidate, never rolled out
-        allowed = [c for c in (candidates[j] for j in order)
-                   if not run.refusal(search.text(prompt[:pos] + [c] + prompt[pos + 1:]))]
-        chosen = allowed[: o.candidates_per_step]
+        allowed = (c for c in (candidates[j] for j in order)
+                   if not run.refusal(search.text(prompt[:pos] + [c] + prompt[pos + 1:])))
+        chosen = list(islice(allowed, o.candidates_per_step))
         period_at = None
         if o.period_rule and pos >= 0.5 * state["n0"]:
             period_at = next((i for i, c in enumerate(chosen) if "." in search.tokenizer.decode([c])), None)
