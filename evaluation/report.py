@@ -69,7 +69,9 @@ _CAPTIONS = {
                  "tasks; 'ours - published' in points. In brackets: the {interval}.",
     "budget": "What each optimization run spent, averaged over tasks and seeds: task calls as a share of the "
               "budget, the stop reasons, optimizer calls, tokens and seconds.",
-    "prompts": "The prompt each method chose, per task, task model and seed.",
+    "prompts": "The prompt each method chose, per task, task model and seed, with its dev accuracy (%) and the "
+               "initial prompt's on the same dev rows: the final choice, where a tie goes to the method's "
+               "better-ranked prompt.",
     "missing": "Expected evaluation files that do not exist (a failed or unfinished job): their cells are left "
                "out of every table above.",
 }
@@ -279,13 +281,29 @@ def _tokens(usage: dict) -> int:
 
 
 def prompts_frame(prompts: list[dict]) -> pd.DataFrame:
-    rows = [{"method": r["optimizer"], "task": r["task"], "model": r["model"], "seed": r["provenance"]["seed"],
-             "prompt": r["prompt"], "stopped": r["stopped"]["reason"]} for r in prompts]
-    return pd.DataFrame(rows, columns=["method", "task", "model", "seed", "prompt", "stopped"]).sort_values(
-        ["task", "model", "method", "seed"])
+    """Each chosen prompt, with its dev accuracy and the initial prompt's on the same dev rows (the final
+    choice; a method's prompt that only ties the initial one is chosen, so a reader should see the tie)."""
+    rows = []
+    for r in prompts:
+        selection = r.get("selection") or {}
+        dev = {c["prompt"]: c.get("dev_accuracy") for c in selection.get("candidates", [])}
+        initial = r["trajectory"][0]["prompt"] if r.get("trajectory") else None
+        chosen, start = dev.get(r["prompt"]), dev.get(initial)
+        rows.append({"method": r["optimizer"], "task": r["task"], "model": r["model"], "seed": r["provenance"]["seed"],
+                     "prompt": r["prompt"], "stopped": r["stopped"]["reason"],
+                     "dev_chosen": None if chosen is None else 100 * chosen,
+                     "dev_initial": None if start is None else 100 * start, "dev_rows": selection.get("n")})
+    return pd.DataFrame(rows, columns=["method", "task", "model", "seed", "prompt", "stopped", "dev_chosen",
+                                       "dev_initial", "dev_rows"]).sort_values(["task", "model", "method", "seed"])
 
 
 # ---------------------------------------------------------------- formatting
+
+
+def _prompts_display(frame: pd.DataFrame) -> pd.DataFrame:
+    dev = [f"{row.dev_chosen:.1f} / {row.dev_initial:.1f} ({row.dev_rows:.0f} rows)"
+           if pd.notna(row.dev_chosen) and pd.notna(row.dev_initial) else "–" for row in frame.itertuples()]
+    return frame[["method", "task", "model", "seed", "prompt", "stopped"]].assign(**{"dev: chosen / initial": dev})
 
 
 def _accuracy_text(row, prefix: str = "accuracy") -> str:
@@ -348,7 +366,7 @@ def build_tables(results: Results, prompts: list[dict]) -> list[Table]:
         Table("scores", scores, scores.round(1)),
         Table("published", published, _published_display(published)),
         Table("budget", budget, budget),
-        Table("prompts", chosen, chosen),
+        Table("prompts", chosen, _prompts_display(chosen)),
         Table("missing", pd.DataFrame({"file": results.missing}), pd.DataFrame({"file": results.missing})),
     ]
     return tables

@@ -248,3 +248,23 @@ def test_published_transfer_averages_are_the_means_of_their_tasks():
             for values in methods.values():
                 tasks = [v for k, v in values.items() if k != "average"]
                 assert sum(tasks) / len(tasks) == pytest.approx(values["average"], abs=0.05)
+
+
+def test_the_prompts_table_shows_the_dev_choice_against_the_initial_prompt(tmp_path):
+    """A reader sees whether a chosen prompt beat the initial one on dev or only tied it."""
+    evals = [_write_cell(tmp_path, "navigate", method, "small", "small", 0, _verdicts(method, "", "navigate"))
+             for method in ("zero_shot_cot", "good", "same")]
+    prompts = []
+    for method, chosen_accuracy in (("good", 0.75), ("same", 0.5)):
+        path = Path(_write_prompt(tmp_path, "navigate", method, "small", 0))
+        record = json.loads(path.read_text())
+        record["selection"] = {"n": 16, "rule": "best dev accuracy", "candidates": [
+            {"prompt": record["prompt"], "dev_accuracy": chosen_accuracy}, {"prompt": "p", "dev_accuracy": 0.5}]}
+        path.write_text(json.dumps(record))
+        prompts.append(str(path))
+    build_report(evals, prompts, tmp_path / "tables", tmp_path / "plots")
+    table = pd.read_csv(tmp_path / "tables" / "prompts.csv").set_index("method")
+    assert (table.loc["good", "dev_chosen"], table.loc["good", "dev_initial"]) == (75.0, 50.0)
+    assert (table.loc["same", "dev_chosen"], table.loc["same", "dev_initial"], table.loc["same", "dev_rows"]) == (50.0, 50.0, 16)
+    markdown = (tmp_path / "tables" / "prompts.md").read_text()
+    assert "75.0 / 50.0 (16 rows)" in markdown and "50.0 / 50.0 (16 rows)" in markdown
