@@ -66,8 +66,11 @@ def memory_bandwidth_gbs(megabytes: int = 1024, repeats: int = 10) -> float:
 
 
 def weight_bytes(model) -> int:
-    """Bytes of the parameters (a tied embedding and LM head counted once): what a decode step reads."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes a decode step reads: every parameter, except an input embedding that is not also the LM
+    head (a step reads one row of it per token)."""
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    return sum(p.numel() * p.element_size() for p in model.parameters()
+               if p is not embedding or embedding is head)
 
 
 def matmul_parameters(model) -> int:
