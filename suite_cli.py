@@ -178,7 +178,7 @@ def _optimize(args) -> None:
         optimizer_model.check()  # fail now, not after hours of work
     elif job["optimizer_model"]:
         optimizer_model = _load_job_model(job["optimizer_model"], args.optimizer_model_record, runtime)
-    checkpoint = Checkpoint(args.checkpoint or f"{args.output}.checkpoint.json")
+    checkpoint = Checkpoint(args.checkpoint) if args.checkpoint else Checkpoint.beside(args.output)
     context = RunContext(data=data, task_model=model, budget=budget, terms=terms, seed=args.seed,
                          checkpoint=checkpoint, optimizer_model=optimizer_model)
     result = optimizer.optimize(context)

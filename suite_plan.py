@@ -160,7 +160,7 @@ def measured_rates(benchmark_dir: str | Path = "logs/benchmark", results_dir: st
     per_call: dict[str, list[float]] = {}
     for path in benchmark_dir.glob("optimize/*/*/*/seed*.tsv"):
         task, model, optimizer = path.parts[-4:-1]
-        result = results_dir / "prompts" / task / model / optimizer / f"{path.stem}.json"
+        result = _prompt_file(results_dir, task, model, optimizer, path.stem.removeprefix("seed"))
         try:
             record = json.loads(result.read_text())
             calls = record["budget"]["task_calls"]
@@ -278,7 +278,7 @@ def _spent(config: dict, benchmark_dir: Path, results_dir: Path) -> dict[str, li
     for name in config["optimizers"]:
         for task, model, seed in runs:
             try:
-                record = json.loads((results_dir / f"prompts/{task}/{model}/{name}/seed{seed}.json").read_text())
+                record = json.loads(_prompt_file(results_dir, task, model, name, seed).read_text())
             except (OSError, ValueError):
                 record = {}
             benchmark = _benchmark_seconds(benchmark_dir / f"optimize/{task}/{model}/{name}/seed{seed}.tsv")
@@ -302,7 +302,6 @@ def _left(config: dict, test_rows: dict[str, int], results_dir: Path) -> Work:
     tasks, models, seeds = config["tasks"], config["models"], config["seeds"]
     methods = list(config["optimizers"]) + list(config.get("external_methods", {}))
     targets = suite_config.target_models(config)
-    prompt = "prompts/{task}/{model}/{method}/seed{seed}.json"
     jobs = {"write_splits": sum(not (results_dir / f"splits/{task}.json").is_file() for task in tasks),
             "prepare_model": sum(not (results_dir / f"models/{model}.json").is_file()
                                  for model in suite_config.local_models(config)),
@@ -313,7 +312,7 @@ def _left(config: dict, test_rows: dict[str, int], results_dir: Path) -> Work:
         for name in config["optimizers"]:
             for model in models:
                 for seed in seeds:
-                    path = results_dir / prompt.format(task=task, model=model, method=name, seed=seed)
+                    path = _prompt_file(results_dir, task, model, name, seed)
                     if path.is_file():
                         continue
                     jobs["optimize"] += 1
@@ -321,7 +320,7 @@ def _left(config: dict, test_rows: dict[str, int], results_dir: Path) -> Work:
                         task_calls[model] += max(0, cap - _checkpoint_task_calls(path))
     if config.get("external_methods"):
         jobs["external methods"] = sum(
-            not (results_dir / prompt.format(task=task, model=model, method=method, seed=seed)).is_file()
+            not _prompt_file(results_dir, task, model, method, seed).is_file()
             for task in tasks for method in config["external_methods"] for model in models for seed in seeds)
     evaluations_left = {target: [task for task in tasks if not all(
         (results_dir / f"eval/{task}/{model}/{method}/seed{seed}/{target}.json").is_file()
@@ -333,9 +332,16 @@ def _left(config: dict, test_rows: dict[str, int], results_dir: Path) -> Work:
     return Work(jobs | {"report": 0 if finished else 1}, task_calls, generations)
 
 
+def _prompt_file(results_dir: Path, task: str, model: str, method: str, seed) -> Path:
+    """The workflow's prompt file of one run (``optimizers.contract``'s ``results/prompts/...`` layout)."""
+    return results_dir / "prompts" / task / model / method / f"seed{seed}.json"
+
+
 def _checkpoint_task_calls(result: Path) -> int:
-    """Task calls an interrupted optimize job has spent (its checkpoint beside the result), else 0."""
+    """Task calls an interrupted optimize job has spent (its default checkpoint), else 0."""
+    from optimizers.base import Checkpoint, OptionError
+
     try:
-        return int(json.loads(result.with_name(result.name + ".checkpoint.json").read_text())["budget"]["task_calls"])
-    except (OSError, KeyError, TypeError, ValueError):
+        return int((Checkpoint.beside(result).load() or {})["budget"]["task_calls"])
+    except (OptionError, KeyError, TypeError, ValueError):
         return 0

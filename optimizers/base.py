@@ -145,6 +145,11 @@ class Checkpoint:
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path is not None else None
 
+    @classmethod
+    def beside(cls, result: str | Path) -> Checkpoint:
+        """The default checkpoint of the run that writes ``result``: ``RESULT.checkpoint.json``."""
+        return cls(f"{result}.checkpoint.json")
+
     def load(self) -> dict | None:
         if self.path is None or not self.path.is_file():
             return None
