@@ -4,11 +4,15 @@ Measures, in one run on this machine:
 - the matmul peak (GFLOP/s) in fp32 and bf16;
 - per model: tokens/s of plain batch-1 ``model.generate`` on a few BBH questions, and of
   the engine (length-sorted batches, finished rows dropped) on 64 BBH questions with
-  128 new tokens; the speed-up; the model-FLOPs utilisation (2 x matmul parameters per
-  generated token against the peak of the dtype);
+  128 new tokens; the speed-up; the model-FLOPs utilisation (2 x matmul parameters for
+  every position the model computed, prompt tokens included, against the peak of the
+  dtype) and, beside it, the generated tokens alone against the fp32 peak (the figure
+  earlier measurements called MFU: it counts no prompt work, which is most of the FLOPs
+  when the prompts are longer than the generations);
 - side by side at the largest batch: the preallocated key/value cache against the
   growing one (``model_engine.kv_cache``), and bf16 against fp32 (with how many of the
-  64 generations change);
+  64 generations change; left out, saying why, on a CPU whose bf16 matmuls are slower
+  than its fp32 ones);
 - per model: one decode step at 1-16 rows with the linear layers as PyTorch runs them
   and with the engine's small-rows form (``model_engine.local.SMALL_ROWS``), side by side,
   against the step's physical bound on this machine: reading every weight once at the
@@ -26,6 +30,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -146,12 +151,44 @@ def plain_generate_tokens_per_s(engine, prompts: list[str], new_tokens: int) -> 
     return tokens / seconds, tokens
 
 
-def engine_tokens_per_s(engine, prompts: list[str], new_tokens: int, batch_size: int) -> tuple[float, int, float, list]:
+@dataclass(frozen=True)
+class EngineRun:
+    """One engine generation run: what it generated and what the model computed to do it."""
+
+    generated_tokens: int
+    #: positions the model ran: every prompt token and every generated token but each row's last
+    computed_tokens: int
+    seconds: float
+    outputs: list
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds
+
+    def mfu(self, flops_per_token: float, peak_gflops: float) -> float:
+        """Model-FLOPs utilisation: the matmul FLOPs of every computed position against the peak."""
+        return self.computed_tokens * flops_per_token / self.seconds / (peak_gflops * 1e9)
+
+    def generated_share_of_peak(self, flops_per_token: float, peak_gflops: float) -> float:
+        """Generated tokens/s x FLOPs per token against the peak (counts no prompt work)."""
+        return self.tokens_per_s * flops_per_token / (peak_gflops * 1e9)
+
+
+def engine_run(engine, prompts: list[str], new_tokens: int, batch_size: int) -> EngineRun:
     engine.batch_size, engine.cache = batch_size, None
     before = engine.meter.total
     outputs = engine.chat(prompts, GenerationParams(max_new_tokens=new_tokens))
     spent = engine.meter.total - before
-    return spent.completion_tokens / spent.seconds, spent.completion_tokens, spent.seconds, [c.token_ids for c in outputs]
+    return EngineRun(spent.completion_tokens, spent.prompt_tokens + spent.completion_tokens - spent.calls,
+                     spent.seconds, [c.token_ids for c in outputs])
+
+
+def bf16_skip_reason(peak: dict[str, float]) -> str | None:
+    """Why bf16 runs are left out here: a CPU without bf16 instructions runs its matmuls far slower than fp32."""
+    if peak["bfloat16"] < peak["float32"]:
+        return (f"bf16 left out: its matmul peak here ({peak['bfloat16']:.1f} GFLOP/s) is below fp32's "
+                f"({peak['float32']:.1f}); this CPU has no fast bf16 instructions")
+    return None
 
 
 def main() -> None:
@@ -170,6 +207,7 @@ def main() -> None:
     bandwidth = memory_bandwidth_gbs()
     print(f"matmul peak: fp32 {peak['float32']:.1f} GFLOP/s, bf16 {peak['bfloat16']:.1f} GFLOP/s; memory read "
           f"bandwidth {bandwidth:.1f} GB/s ({args.threads} threads, {os.cpu_count()} cores)")
+    bf16_skip = bf16_skip_reason(peak)
     prompts = questions(args.questions)
     report = {"machine": {"cores": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
                           "torch": torch.__version__}, "matmul_peak_gflops": peak,
@@ -181,27 +219,35 @@ def main() -> None:
         print(f"{name}: plain generate, batch 1: {baseline:.1f} tokens/s ({baseline_tokens} tokens)")
         runs, fp32_outputs = {}, {}
         for batch_size in args.batch_sizes:
-            speed, tokens, seconds, fp32_outputs[batch_size] = engine_tokens_per_s(engine, prompts, args.new_tokens,
-                                                                                   batch_size)
-            runs[batch_size] = {"tokens_per_s": speed, "tokens": tokens, "seconds": seconds,
-                                "mfu_fp32": speed * flops_per_token / (peak["float32"] * 1e9)}
-            print(f"{name}: engine, batch {batch_size}: {speed:.1f} tokens/s ({tokens} tokens in {seconds:.1f} s), "
-                  f"{speed / baseline:.2f}x plain, MFU {runs[batch_size]['mfu_fp32']:.1%}")
+            run = engine_run(engine, prompts, args.new_tokens, batch_size)
+            fp32_outputs[batch_size] = run.outputs
+            runs[batch_size] = {"tokens_per_s": run.tokens_per_s, "tokens": run.generated_tokens,
+                                "computed_tokens": run.computed_tokens, "seconds": run.seconds,
+                                "mfu_fp32": run.mfu(flops_per_token, peak["float32"]),
+                                "generated_share_of_fp32_peak": run.generated_share_of_peak(flops_per_token,
+                                                                                            peak["float32"])}
+            print(f"{name}: engine, batch {batch_size}: {run.tokens_per_s:.1f} tokens/s ({run.generated_tokens} "
+                  f"tokens in {run.seconds:.1f} s), {run.tokens_per_s / baseline:.2f}x plain; MFU "
+                  f"{runs[batch_size]['mfu_fp32']:.1%} ({run.computed_tokens} positions computed, prompts included), "
+                  f"generated tokens alone {runs[batch_size]['generated_share_of_fp32_peak']:.1%} of the fp32 peak")
         best = max(runs, key=lambda b: runs[b]["tokens_per_s"])
         largest = max(args.batch_sizes)
         variants = {}
         for label, preallocate, dtype in (("growing key/value cache, fp32", False, "float32"),
                                           ("preallocated key/value cache, fp32", True, "float32"),
                                           ("preallocated key/value cache, bf16", True, "bfloat16")):
+            if dtype == "bfloat16" and bf16_skip:
+                print(f"{name}: batch {largest}, {label}: {bf16_skip}")
+                continue
             variant = load_model(name, dtype=dtype, preallocate_kv=preallocate)
-            speed, tokens, seconds, outputs = engine_tokens_per_s(variant, prompts, args.new_tokens, largest)
-            changed = sum(a != b for a, b in zip(outputs, fp32_outputs[largest]))
-            variants[label] = {"tokens_per_s": speed, "seconds": seconds, "generations_changed": changed,
-                               "mfu": speed * flops_per_token / (peak[dtype] * 1e9),
-                               "mfu_vs_fp32_peak": speed * flops_per_token / (peak["float32"] * 1e9)}
-            print(f"{name}: batch {largest}, {label}: {speed:.1f} tokens/s, MFU {variants[label]['mfu']:.1%} of the "
-                  f"{dtype} peak ({variants[label]['mfu_vs_fp32_peak']:.1%} of fp32's); {changed} of {len(outputs)} "
-                  f"generations differ from the engine's fp32 run")
+            run = engine_run(variant, prompts, args.new_tokens, largest)
+            changed = sum(a != b for a, b in zip(run.outputs, fp32_outputs[largest]))
+            variants[label] = {"tokens_per_s": run.tokens_per_s, "seconds": run.seconds, "generations_changed": changed,
+                               "mfu": run.mfu(flops_per_token, peak[dtype]),
+                               "mfu_vs_fp32_peak": run.mfu(flops_per_token, peak["float32"])}
+            print(f"{name}: batch {largest}, {label}: {run.tokens_per_s:.1f} tokens/s, MFU {variants[label]['mfu']:.1%} "
+                  f"of the {dtype} peak ({variants[label]['mfu_vs_fp32_peak']:.1%} of fp32's); {changed} of "
+                  f"{len(run.outputs)} generations differ from the engine's fp32 run")
         decode_steps = {}
         for small_rows in (False, True):
             use_small_rows_linear(engine.model, small_rows)
@@ -220,7 +266,7 @@ def main() -> None:
         report["models"][name] = {
             "matmul_parameters": flops_per_token // 2,
             "plain_generate_batch1_tokens_per_s": baseline,
-            "plain_generate_mfu_fp32": baseline * flops_per_token / (peak["float32"] * 1e9),
+            "plain_generate_generated_share_of_fp32_peak": baseline * flops_per_token / (peak["float32"] * 1e9),
             "engine": runs,
             "best_batch_size": best,
             "speedup_vs_plain": runs[best]["tokens_per_s"] / baseline,

@@ -66,6 +66,18 @@ def run_one(backend: str, dtype: str, model: str, task_name: str, rows: int, tok
             "accuracy": {name: result["accuracy"] for name, result in results.items()}, "answers": answers}
 
 
+def default_backends() -> list[str]:
+    import torch
+
+    from benchmarks.engine import bf16_skip_reason, matmul_peak_gflops
+
+    skip = bf16_skip_reason({"float32": matmul_peak_gflops(torch.float32),
+                             "bfloat16": matmul_peak_gflops(torch.bfloat16)})
+    if skip:
+        print(f"suite:bfloat16: {skip}")
+    return ["suite:float32", "suite:float32:separate"] + ([] if skip else ["suite:bfloat16"]) + ["hf:float32"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -73,8 +85,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=32, help="test rows per prompt")
     parser.add_argument("--tokens", type=int, default=128, help="reasoning limit")
     parser.add_argument("--batch-size", type=int, default=64, help="the suite backend's batch size")
-    parser.add_argument("--backends", nargs="+",
-                        default=["suite:float32", "suite:float32:separate", "suite:bfloat16", "hf:float32"])
+    parser.add_argument("--backends", nargs="+", default=None,
+                        help="default: suite:float32 suite:float32:separate suite:bfloat16 hf:float32, without "
+                             "suite:bfloat16 on a CPU whose bf16 matmuls are slower than its fp32 ones")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one backend, print JSON
@@ -86,6 +99,8 @@ def main() -> None:
                                  separate_answer_pass=variant == ["separate"])))
         return
 
+    if args.backends is None:
+        args.backends = default_backends()
     runs = []
     for spec in args.backends:
         command = [sys.executable, "-m", "benchmarks.evaluation", "--one", spec, "--model", args.model, "--task", args.task,

