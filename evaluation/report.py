@@ -10,6 +10,8 @@ with the formatted cells):
 - ``per_task`` and ``per_task_vs_cot``: method x task per task model, same-model cells;
 - ``transfer`` and ``transfer_vs_cot``: method and source model x target model (the average over tasks),
   the latter as differences from the target's own zero-shot CoT;
+- ``above_majority``: zero-shot CoT per target model and task against always giving the test rows' most
+  common gold answer, paired (is the model above chance at all?);
 - ``scores``: the headline answer beside the strict and lenient written answers (accuracy, parse rate);
 - ``budget``: per method and model, the share of the budget spent, the stop reasons, calls, tokens, seconds;
 - ``prompts``: the chosen prompt of every method x task x model x seed;
@@ -39,8 +41,8 @@ from tasks import get_task
 log = logging.getLogger(__name__)
 
 BASELINE = "zero_shot_cot"
-TABLES = ("main", "main_vs_cot", "per_task", "per_task_vs_cot", "transfer", "transfer_vs_cot", "scores", "published",
-          "budget", "prompts", "missing")
+TABLES = ("main", "main_vs_cot", "per_task", "per_task_vs_cot", "transfer", "transfer_vs_cot", "above_majority",
+          "scores", "published", "budget", "prompts", "missing")
 PUBLISHED = Path(__file__).parent / "published" / "greater_paper.yaml"
 PLOTS = ("accuracy_vs_task_calls", "vs_cot_per_task", "transfer_heatmap", "transfer_vs_cot", "per_task_accuracy",
          "pareto")
@@ -59,6 +61,11 @@ _CAPTIONS = {
                 "(columns), the equal-weight average over tasks. In brackets: the {interval}.",
     "transfer_vs_cot": "Transfer as the difference from the target model's own zero-shot CoT (points), paired on "
                        "the same test rows. In brackets: the {interval}. {mark}: the interval excludes 0.",
+    "above_majority": "Zero-shot CoT on each target model against the majority answer (always giving the most "
+                      "common gold answer of the same test rows), per task: a prompt optimizer can only be judged "
+                      "on a model that answers above this line. 'CoT - majority' is paired on the test rows (points). "
+                      "In brackets: the {interval}. {mark}: McNemar's exact test p < 0.05 (one seed), else the "
+                      "interval excludes 0.",
     "scores": "Three readings of the same answers (%): the headline (closed answer sets: the valid answer the model "
               "finds most likely after the extractor; otherwise the lenient written answer), the strict written "
               "answer (it must open the text after the extractor) and the lenient one (the parser may fall back "
@@ -198,6 +205,33 @@ def transfer_frame(results: Results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def majority_frame(results: Results) -> pd.DataFrame:
+    """Zero-shot CoT on every (task, target) against the majority answer of the same test rows, paired."""
+    rows = []
+    for task, target in sorted(set(zip(results.cells.task, results.cells.target))):
+        cot = _baseline_for(results, task, target)
+        if cot is None:
+            continue
+        gold = {s["id"]: s["gold"] for (t, m, _, tg, _), lines in results.samples.items()
+                if (t, m, tg) == (task, BASELINE, target) for s in lines}
+        counts = pd.Series([gold[i] for i in cot.columns]).value_counts()
+        answer = sorted(counts.index[counts == counts.max()])[0]  # a tie: the first in sort order
+        majority = np.tile([float(gold[i] == answer) for i in cot.columns], (len(cot.index), 1))
+        rows.append({"model": target, "task": task, "rows": len(cot.columns), "majority answer": answer,
+                     "majority": 100 * majority[0].mean(), **_row(stats.accuracy(cot.to_numpy()), "accuracy"),
+                     **_row(stats.paired_difference(cot.to_numpy(), majority), "vs_majority")})
+    return pd.DataFrame(rows)
+
+
+def _majority_display(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    rows = [row for _, row in frame.iterrows()]
+    return frame[["model", "task", "rows", "majority answer"]].assign(**{
+        "majority": frame["majority"].round(1), "zero-shot CoT": [_accuracy_text(row) for row in rows],
+        "CoT - majority": [_difference_text(row, "vs_majority") for row in rows]})
+
+
 def scores_frame(results: Results) -> pd.DataFrame:
     columns = ["accuracy", "strict_accuracy", "strict_parse_rate", "lenient_accuracy", "lenient_parse_rate", "truncated"]
     frame = results.cells.groupby(["source", "target", "method", "task", "answer_step"])[columns].mean().reset_index()
@@ -312,11 +346,11 @@ def _accuracy_text(row, prefix: str = "accuracy") -> str:
     return f"{row[prefix]:.1f} [{row[prefix + '_low']:.1f}, {row[prefix + '_high']:.1f}]"
 
 
-def _difference_text(row) -> str:
-    if row is None or pd.isna(row.get("vs_cot")):
+def _difference_text(row, prefix: str = "vs_cot") -> str:
+    if row is None or pd.isna(row.get(prefix)):
         return "–"
-    mark = f" {_MARK}" if row.get("vs_cot_significant") else ""
-    return f"{row['vs_cot']:+.1f} [{row['vs_cot_low']:+.1f}, {row['vs_cot_high']:+.1f}]{mark}"
+    mark = f" {_MARK}" if row.get(f"{prefix}_significant") else ""
+    return f"{row[prefix]:+.1f} [{row[prefix + '_low']:+.1f}, {row[prefix + '_high']:+.1f}]{mark}"
 
 
 def _wide(frame: pd.DataFrame, index: list[str], columns: list[str], text) -> pd.DataFrame:
@@ -355,7 +389,7 @@ class Table:
 def build_tables(results: Results, prompts: list[dict]) -> list[Table]:
     main, per_task, transfer = main_frame(results), per_task_frame(results), transfer_frame(results)
     scores, budget, chosen = scores_frame(results), budget_frame(prompts), prompts_frame(prompts)
-    published = published_frame(results, main)
+    published, majority = published_frame(results, main), majority_frame(results)
     tables = [
         Table("main", main, _ordered(_wide(main, ["method"], ["model", "column"], _accuracy_text))),
         Table("main_vs_cot", main, _ordered(_wide(main, ["method"], ["model", "column"], _difference_text))),
@@ -363,6 +397,7 @@ def build_tables(results: Results, prompts: list[dict]) -> list[Table]:
         Table("per_task_vs_cot", per_task, _wide(per_task, ["model", "method"], ["task"], _difference_text)),
         Table("transfer", transfer, _wide(transfer, ["method", "source"], ["target"], _accuracy_text)),
         Table("transfer_vs_cot", transfer, _wide(transfer, ["method", "source"], ["target"], _difference_text)),
+        Table("above_majority", majority, _majority_display(majority)),
         Table("scores", scores, scores.round(1)),
         Table("published", published, _published_display(published)),
         Table("budget", budget, budget),

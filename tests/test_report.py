@@ -15,12 +15,14 @@ from evaluation.report import TABLES, build_report
 ROWS = 40
 
 
-def _write_cell(root: Path, task: str, method: str, source: str, target: str, seed: int, correct: list[bool]) -> str:
+def _write_cell(root: Path, task: str, method: str, source: str, target: str, seed: int, correct: list[bool],
+                golds: list[str] | None = None) -> str:
     path = root / "eval" / task / source / method / f"seed{seed}" / f"{target}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    samples = [{"id": f"bbh/{task}#{i}", "question": f"Question {i}?", "gold": "Yes", "answer": "Yes" if c else "No",
-                "correct": c, "strict": "[invalid]", "lenient": "Yes" if c else "No", "reasoning": f"Reasoning {i}."}
-               for i, c in enumerate(correct)]
+    golds = golds or ["Yes"] * len(correct)
+    samples = [{"id": f"bbh/{task}#{i}", "question": f"Question {i}?", "gold": g, "answer": g if c else "No",
+                "correct": c, "strict": "[invalid]", "lenient": g if c else "No", "reasoning": f"Reasoning {i}."}
+               for i, (c, g) in enumerate(zip(correct, golds))]
     path.with_suffix(".samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     accuracy = sum(correct) / len(correct)
     path.write_text(json.dumps({
@@ -97,6 +99,25 @@ def test_tables_carry_intervals_and_paired_differences_from_zero_shot_cot(grid):
     assert "('" not in (root / "tables" / "budget.md").read_text()  # index columns are not printed as tuples
     budget = pd.read_csv(root / "tables" / "budget.csv")
     assert budget[budget.method == "good"]["spent %"].iloc[0] == pytest.approx(80.0)
+
+
+def test_zero_shot_cot_stands_beside_the_majority_answer_of_the_same_test_rows(tmp_path):
+    golds = ["(A)" if i % 5 < 3 else "(B)" for i in range(ROWS)]  # 24 (A), 16 (B): the majority scores 60%
+    cot = [i < 32 for i in range(ROWS)]  # 80%: right on 12 rows the majority misses, wrong on 4 it gets
+    evals = [_write_cell(tmp_path, "navigate", "zero_shot_cot", "small", "small", 0, cot, golds),
+             _write_cell(tmp_path, "navigate", "good", "small", "small", 0, cot, golds)]
+    build_report(evals, [], tmp_path / "tables", tmp_path / "plots")
+    table = pd.read_csv(tmp_path / "tables" / "above_majority.csv")
+    assert len(table) == 1  # one row per task and target, whatever the methods
+    row = table.iloc[0]
+    assert (row.model, row.task, row.rows, row["majority answer"]) == ("small", "navigate", ROWS, "(A)")
+    assert row.majority == pytest.approx(60.0) and row.accuracy == pytest.approx(80.0)
+    assert row.vs_majority == pytest.approx(20.0) and row.vs_majority_low < 20 < row.vs_majority_high
+    # McNemar's exact test on 12 against 4 discordant rows: p = 2 P(X <= 4), X ~ Bin(16, 1/2)
+    assert row.vs_majority_p == pytest.approx(2 * (1 + 16 + 120 + 560 + 1820) / 2 ** 16)
+    assert not row.vs_majority_significant
+    display = (tmp_path / "tables" / "above_majority.md").read_text()
+    assert "| (A) " in display and "+20.0 [" in display and "majority answer" in display.splitlines()[0]
 
 
 class _Cells(HTMLParser):
