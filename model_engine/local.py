@@ -32,9 +32,10 @@ from model_engine.usage import UsageMeter
 from tasks.prompt_slot import PLAIN_STOP, plain_context
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: whether oneDNN finds the CPU instructions that make a half-precision dtype fast
-_FAST_ON_CPU = {"bfloat16": torch.ops.mkldnn._is_mkldnn_bf16_supported,
-                "float16": torch.ops.mkldnn._is_mkldnn_fp16_supported}
+#: whether oneDNN finds the CPU instructions that make a half-precision dtype fast (looked up when asked,
+#: so that importing the engine never depends on the build's oneDNN ops)
+_FAST_ON_CPU = {"bfloat16": lambda: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                "float16": lambda: torch.ops.mkldnn._is_mkldnn_fp16_supported()}
 LOG = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 64
 #: end-of-turn markers of common chat templates, used as extra EOS ids when present
